@@ -1,0 +1,12 @@
+// The fused CPU backend: at::parallel_for over cache-sized pieces of each channel.
+#pragma once
+
+#include "front/bn_args.h"
+
+namespace fastbn::cpu {
+
+void forward_train(const TrainForwardArgs& args);
+void forward_eval(const EvalForwardArgs& args);
+void backward(const BackwardArgs& args);
+
+}  // namespace fastbn::cpu

@@ -1,0 +1,167 @@
+// Autograd for the fastbn ops, in C++ so that the training forward can mutate the running
+// statistics in place (torch.library.register_autograd only takes functional ops) — the same
+// model as aten::_native_batch_norm_legit. Backward goes through fastbn::batch_norm_backward.
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include "front/checks.h"
+
+namespace fastbn {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+const auto& train_op() {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("fastbn::batch_norm_train", "")
+                       .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+                           const at::Tensor&, const OptTensor&, const OptTensor&, const OptTensor&,
+                           const OptTensor&, const OptTensor&, std::optional<double>, double)>();
+  return op;
+}
+
+const auto& eval_op() {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("fastbn::batch_norm_eval", "")
+                       .typed<at::Tensor(const at::Tensor&, const OptTensor&, const OptTensor&,
+                                         const at::Tensor&, const at::Tensor&, double)>();
+  return op;
+}
+
+const auto& backward_op() {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("fastbn::batch_norm_backward", "")
+                       .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+                           const at::Tensor&, const at::Tensor&, const OptTensor&,
+                           const at::Tensor&, const at::Tensor&, bool, std::array<bool, 3>)>();
+  return op;
+}
+
+OptTensor optional_of(const at::Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
+
+at::Tensor undefined_if_empty_mask(const at::Tensor& grad, bool wanted) {
+  return wanted ? grad : at::Tensor();
+}
+
+// Shared by training and eval: the saved tensors are (input, weight, mean, invstd).
+variable_list run_backward(AutogradContext* ctx, const at::Tensor& grad_output, bool training) {
+  const auto saved = ctx->get_saved_variables();
+  const at::Tensor& input = saved[0];
+  const at::Tensor& weight = saved[1];
+  at::Tensor mean = saved[2], invstd = saved[3];
+  if (!training) {  // saved running stats; fold eps here so that eval forward does no extra work
+    const auto stats = stats_dtype(input.scalar_type());
+    mean = mean.to(stats);
+    invstd = (invstd.to(stats) + ctx->saved_data["eps"].toDouble()).rsqrt();
+  }
+  const std::array<bool, 3> mask = {ctx->needs_input_grad(0),
+                                    weight.defined() && ctx->needs_input_grad(1),
+                                    ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2)};
+  if (!grad_output.defined()) return {};
+  // Dispatched with autograd on: under create_graph this reaches BackwardFunction below,
+  // which makes a second differentiation fail loudly instead of silently.
+  auto [dx, dw, db] = backward_op().call(grad_output, input, optional_of(weight), mean, invstd,
+                                         training, mask);
+  return {undefined_if_empty_mask(dx, mask[0]), undefined_if_empty_mask(dw, mask[1]),
+          undefined_if_empty_mask(db, mask[2])};
+}
+
+struct TrainFunction : public torch::autograd::Function<TrainFunction> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& input,
+                               const OptTensor& weight, const OptTensor& bias,
+                               const OptTensor& running_mean, const OptTensor& running_var,
+                               const OptTensor& num_batches_tracked,
+                               std::optional<double> momentum, double eps) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [y, mean, invstd] = train_op().call(input, weight, bias, running_mean, running_var,
+                                             num_batches_tracked, momentum, eps);
+    ctx->save_for_backward({input, weight.value_or(at::Tensor()), mean, invstd});
+    ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
+    ctx->mark_non_differentiable({mean, invstd});
+    return {y, mean, invstd};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto g = run_backward(ctx, grads[0], /*training=*/true);
+    g.resize(8);
+    return g;
+  }
+};
+
+struct EvalFunction : public torch::autograd::Function<EvalFunction> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& input,
+                               const OptTensor& weight, const OptTensor& bias,
+                               const at::Tensor& running_mean, const at::Tensor& running_var,
+                               double eps) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    at::Tensor y = eval_op().call(input, weight, bias, running_mean, running_var, eps);
+    ctx->save_for_backward({input, weight.value_or(at::Tensor()), running_mean, running_var});
+    ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
+    ctx->saved_data["eps"] = eps;
+    return {y};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto g = run_backward(ctx, grads[0], /*training=*/false);
+    g.resize(6);
+    return g;
+  }
+};
+
+// Only reached when a graph of the backward was requested (create_graph=True).
+struct BackwardFunction : public torch::autograd::Function<BackwardFunction> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& grad_output,
+                               const at::Tensor& input, const OptTensor& weight,
+                               const at::Tensor& mean, const at::Tensor& invstd, bool training,
+                               std::array<bool, 3> mask) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [dx, dw, db] = backward_op().call(grad_output, input, weight, mean, invstd, training, mask);
+    return {dx, dw, db};
+  }
+
+  static variable_list backward(AutogradContext*, variable_list) {
+    TORCH_CHECK(false, "fastbn: double backward (the gradient of batch norm's gradient) is not "
+                "supported; use torch.nn.BatchNorm for second-order derivatives");
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> train_autograd(
+    const at::Tensor& input, const OptTensor& weight, const OptTensor& bias,
+    const OptTensor& running_mean, const OptTensor& running_var,
+    const OptTensor& num_batches_tracked, std::optional<double> momentum, double eps) {
+  // Checked here too: this kernel runs before the dispatcher picks a device, so a tensor on the
+  // wrong device gets fastbn's message rather than "could not run ... with the 'X' backend".
+  check_forward_args(input, weight, bias, running_mean, running_var, num_batches_tracked,
+                     /*training=*/true, /*cumulative=*/!momentum.has_value());
+  auto out = TrainFunction::apply(input, weight, bias, running_mean, running_var,
+                                  num_batches_tracked, momentum, eps);
+  return {out[0], out[1], out[2]};
+}
+
+at::Tensor eval_autograd(const at::Tensor& input, const OptTensor& weight, const OptTensor& bias,
+                         const at::Tensor& running_mean, const at::Tensor& running_var,
+                         double eps) {
+  check_forward_args(input, weight, bias, running_mean, running_var, std::nullopt,
+                     /*training=*/false, /*cumulative=*/false);
+  return EvalFunction::apply(input, weight, bias, running_mean, running_var, eps)[0];
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_autograd(
+    const at::Tensor& grad_output, const at::Tensor& input, const OptTensor& weight,
+    const at::Tensor& mean, const at::Tensor& invstd, bool training, std::array<bool, 3> mask) {
+  auto out = BackwardFunction::apply(grad_output, input, weight, mean, invstd, training, mask);
+  return {out[0], out[1], out[2]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastbn, Autograd, m) {
+  m.impl("batch_norm_train", &train_autograd);
+  m.impl("batch_norm_eval", &eval_autograd);
+  m.impl("batch_norm_backward", &backward_autograd);
+}
+
+}  // namespace fastbn

@@ -1,0 +1,133 @@
+#include "front/checks.h"
+
+#include <ATen/ops/empty_like.h>
+#include <c10/util/Exception.h>
+
+#include <sstream>
+
+namespace fastbn {
+namespace {
+
+bool is_supported_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+bool is_half_type(at::ScalarType t) { return t == at::kHalf || t == at::kBFloat16; }
+
+std::string torch_size(at::IntArrayRef sizes) {
+  std::ostringstream out;
+  out << "torch.Size([";
+  for (size_t i = 0; i < sizes.size(); ++i) out << (i ? ", " : "") << sizes[i];
+  out << "])";
+  return out.str();
+}
+
+void check_input(const at::Tensor& input) {
+  TORCH_CHECK_VALUE(input.dim() >= 2, "fastbn: expected input of shape (N, C, ...) with at least 2 "
+                    "dimensions, got ", input.dim(), "D input");
+  TORCH_CHECK(is_supported_dtype(input.scalar_type()), "fastbn: input dtype ", input.scalar_type(),
+              " is not supported (float32, float64, float16 or bfloat16)");
+}
+
+// Per-channel parameters and statistics: (C,), on the input's device, all of one dtype which is
+// the input's, or float32 for half input (the mixed case autocast produces).
+void check_per_channel(const at::Tensor& input, const OptTensor& t, const char* name,
+                       std::optional<at::ScalarType>& param_dtype) {
+  if (!t.has_value() || !t->defined()) return;
+  const int64_t C = input.size(1);
+  TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == C, "fastbn: ", name, " should have shape (", C,
+                    ",) to match the ", C, " channels of the input, got ", torch_size(t->sizes()));
+  TORCH_CHECK(t->device() == input.device(), "fastbn: ", name, " is on ", t->device(),
+              " but the input is on ", input.device());
+  const auto dtype = t->scalar_type();
+  TORCH_CHECK(dtype == input.scalar_type() || (dtype == at::kFloat && is_half_type(input.scalar_type())),
+              "fastbn: ", name, " has dtype ", dtype, " but the input has dtype ", input.scalar_type(),
+              "; parameters and running statistics must have the input's dtype (or float32 for "
+              "float16/bfloat16 input)");
+  TORCH_CHECK(!param_dtype || *param_dtype == dtype, "fastbn: ", name, " has dtype ", dtype,
+              " but the other parameters have dtype ", *param_dtype);
+  param_dtype = dtype;
+}
+
+}  // namespace
+
+void check_forward_args(const at::Tensor& input, const OptTensor& weight, const OptTensor& bias,
+                        const OptTensor& running_mean, const OptTensor& running_var,
+                        const OptTensor& num_batches_tracked, bool training, bool cumulative) {
+  check_input(input);
+  std::optional<at::ScalarType> param_dtype;
+  check_per_channel(input, weight, "weight", param_dtype);
+  check_per_channel(input, bias, "bias", param_dtype);
+  check_per_channel(input, running_mean, "running_mean", param_dtype);
+  check_per_channel(input, running_var, "running_var", param_dtype);
+  const bool has_mean = running_mean.has_value() && running_mean->defined();
+  const bool has_var = running_var.has_value() && running_var->defined();
+  TORCH_CHECK_VALUE(has_mean == has_var,
+                    "fastbn: running_mean and running_var must be given together or not at all");
+  if (!training) {
+    TORCH_CHECK_VALUE(has_mean, "fastbn: running_mean and running_var must be defined in "
+                      "evaluation mode");
+    return;
+  }
+  if (num_batches_tracked.has_value() && num_batches_tracked->defined()) {
+    const auto& nbt = *num_batches_tracked;
+    TORCH_CHECK(nbt.numel() == 1 && nbt.scalar_type() == at::kLong,
+                "fastbn: num_batches_tracked must be a one-element int64 tensor, got ",
+                nbt.scalar_type(), " of shape ", torch_size(nbt.sizes()));
+    TORCH_CHECK(nbt.device() == input.device(), "fastbn: num_batches_tracked is on ", nbt.device(),
+                " but the input is on ", input.device());
+  } else {
+    TORCH_CHECK_VALUE(!(cumulative && has_mean), "fastbn: momentum=None (cumulative moving "
+                      "average) needs num_batches_tracked");
+  }
+  int64_t per_channel = input.size(0);
+  for (int64_t d = 2; d < input.dim(); ++d) per_channel *= input.size(d);
+  TORCH_CHECK_VALUE(per_channel != 1, "Expected more than 1 value per channel when training, got "
+                    "input size ", torch_size(input.sizes()));
+}
+
+void check_backward_args(const at::Tensor& grad_output, const at::Tensor& input,
+                         const OptTensor& weight, const at::Tensor& mean,
+                         const at::Tensor& invstd) {
+  check_input(input);
+  TORCH_CHECK_VALUE(grad_output.sizes() == input.sizes(), "fastbn: grad_output has shape ",
+                    torch_size(grad_output.sizes()), " but the input has shape ",
+                    torch_size(input.sizes()));
+  TORCH_CHECK(grad_output.scalar_type() == input.scalar_type() &&
+                  grad_output.device() == input.device(),
+              "fastbn: grad_output must have the input's dtype and device");
+  std::optional<at::ScalarType> param_dtype;
+  check_per_channel(input, weight, "weight", param_dtype);
+  const auto stats = stats_dtype(input.scalar_type());
+  for (const auto* t : {&mean, &invstd}) {
+    TORCH_CHECK(t->dim() == 1 && t->size(0) == input.size(1) && t->scalar_type() == stats &&
+                    t->device() == input.device(),
+                "fastbn: saved mean/invstd must be ", stats, " tensors of shape (", input.size(1),
+                ",) on the input's device");
+  }
+}
+
+at::Tensor canonical_input(const at::Tensor& input) {
+  if (input.is_contiguous() || input.movedim(1, -1).is_contiguous()) return input;
+  return input.contiguous(input.suggest_memory_format());
+}
+
+at::Tensor match_layout(const at::Tensor& t, const at::Tensor& like) {
+  if (t.strides() == like.strides()) return t;
+  return at::empty_like(like).copy_(t);
+}
+
+Layout layout_of(const at::Tensor& x) {
+  const int64_t N = x.size(0), C = x.size(1);
+  int64_t S = 1;
+  for (int64_t d = 2; d < x.dim(); ++d) S *= x.size(d);
+  // With one spatial element both orders are the same (N, C) matrix; rows of C vectorize.
+  const bool channels_last = S == 1 || !x.is_contiguous();
+  return {N, C, S, channels_last};
+}
+
+at::ScalarType stats_dtype(at::ScalarType input_dtype) {
+  return input_dtype == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+}  // namespace fastbn

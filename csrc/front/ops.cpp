@@ -1,0 +1,90 @@
+// Operator schemas and the backend-facing implementations: check, bring into a Layout, allocate,
+// hand to the backend chosen for this device. One schema set serves every backend.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "front/backend.h"
+#include "front/checks.h"
+
+namespace fastbn {
+namespace {
+
+bool defined(const OptTensor& t) { return t.has_value() && t->defined(); }
+
+// A rejected call must not touch any state, so every check runs before the counter moves.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_train(
+    const at::Tensor& input, const OptTensor& weight, const OptTensor& bias,
+    const OptTensor& running_mean, const OptTensor& running_var,
+    const OptTensor& num_batches_tracked, std::optional<double> momentum, double eps) {
+  check_forward_args(input, weight, bias, running_mean, running_var, num_batches_tracked,
+                     /*training=*/true, /*cumulative=*/!momentum.has_value());
+  const at::Tensor x = canonical_input(input);
+  const Layout layout = layout_of(x);
+  const auto stats = input.options().dtype(stats_dtype(input.scalar_type()));
+  TrainForwardArgs args{layout, x, at::empty_like(x), weight, bias,
+                        // An empty batch has no statistics: running stats stay as they were.
+                        layout.per_channel() > 0 ? running_mean : std::nullopt,
+                        layout.per_channel() > 0 ? running_var : std::nullopt,
+                        num_batches_tracked, !momentum.has_value(), momentum.value_or(0.0), eps,
+                        at::empty({layout.C}, stats), at::empty({layout.C}, stats)};
+  if (defined(num_batches_tracked)) num_batches_tracked->add_(1);
+  current_cpu_backend().forward_train(args);
+  return {args.output, args.save_mean, args.save_invstd};
+}
+
+at::Tensor batch_norm_eval(const at::Tensor& input, const OptTensor& weight, const OptTensor& bias,
+                           const at::Tensor& running_mean, const at::Tensor& running_var,
+                           double eps) {
+  check_forward_args(input, weight, bias, running_mean, running_var, std::nullopt,
+                     /*training=*/false, /*cumulative=*/false);
+  const at::Tensor x = canonical_input(input);
+  EvalForwardArgs args{layout_of(x), x, at::empty_like(x), weight, bias, running_mean, running_var,
+                       eps};
+  current_cpu_backend().forward_eval(args);
+  return args.output;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward(
+    const at::Tensor& grad_output, const at::Tensor& input, const OptTensor& weight,
+    const at::Tensor& mean, const at::Tensor& invstd, bool training,
+    std::array<bool, 3> output_mask) {
+  check_backward_args(grad_output, input, weight, mean, invstd);
+  const at::Tensor x = canonical_input(input);
+  const at::Tensor dy = match_layout(grad_output, x);
+  const int64_t C = x.size(1);
+  const auto param_options = input.options().dtype(
+      defined(weight) ? weight->scalar_type() : input.scalar_type());
+  // Masked-out gradients come back as empty tensors: a schema's Tensor return is never None.
+  auto maybe = [](bool wanted, auto make) { return wanted ? make() : at::Tensor(); };
+  BackwardArgs args{layout_of(x), dy, x, weight, mean, invstd, training,
+                    maybe(output_mask[0], [&] { return at::empty_like(x); }),
+                    maybe(output_mask[1], [&] { return at::empty({C}, param_options); }),
+                    maybe(output_mask[2], [&] { return at::empty({C}, param_options); })};
+  current_cpu_backend().backward(args);
+  auto or_empty = [&](const at::Tensor& t) { return t.defined() ? t : at::empty({0}, param_options); };
+  return {args.grad_input.defined() ? args.grad_input : at::empty({0}, input.options()),
+          or_empty(args.grad_weight), or_empty(args.grad_bias)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(fastbn, m) {
+  m.def(
+      "batch_norm_train(Tensor input, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
+      "Tensor(b!)? running_var, Tensor(c!)? num_batches_tracked, float? momentum, float eps) "
+      "-> (Tensor, Tensor, Tensor)");
+  m.def(
+      "batch_norm_eval(Tensor input, Tensor? weight, Tensor? bias, Tensor running_mean, "
+      "Tensor running_var, float eps) -> Tensor");
+  m.def(
+      "batch_norm_backward(Tensor grad_output, Tensor input, Tensor? weight, Tensor mean, "
+      "Tensor invstd, bool training, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(fastbn, CPU, m) {
+  m.impl("batch_norm_train", &batch_norm_train);
+  m.impl("batch_norm_eval", &batch_norm_eval);
+  m.impl("batch_norm_backward", &batch_norm_backward);
+}
+
+}  // namespace fastbn

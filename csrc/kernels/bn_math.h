@@ -1,0 +1,101 @@
+// Per-channel batch-norm math shared by every backend (CPU, CUDA, SIMT emulator).
+// Device-free: no torch headers, so nvcc and g++ both compile it quickly.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__) || defined(FASTBN_SIMT)
+#define FASTBN_HD __host__ __device__ __forceinline__
+#else
+#define FASTBN_HD inline
+#endif
+
+namespace fastbn {
+
+// Accumulation type: float for float/half/bfloat16, double for double.
+template <typename T> struct AccType { using type = float; };
+template <> struct AccType<double> { using type = double; };
+template <typename T> using acc_t = typename AccType<T>::type;
+
+// Partial statistics of one piece of a channel: element count, mean and the centered sum of
+// squares M2 = Σ(x − mean)². Merging pieces with Chan's formula stays exact for data far from
+// zero (e.g. 1000 + small noise), which E[x²] − E[x]² is not.
+template <typename T> struct Moments {
+  T count;
+  T mean;
+  T m2;
+};
+
+template <typename T>
+FASTBN_HD Moments<T> chan_merge(const Moments<T>& a, const Moments<T>& b) {
+  const T count = a.count + b.count;
+  if (count == T(0)) return a;
+  const T delta = b.mean - a.mean;
+  const T wb = b.count / count;
+  return {count, a.mean + delta * wb, a.m2 + b.m2 + delta * delta * a.count * wb};
+}
+
+// Weight of the new batch in the running statistics: `momentum`, or the cumulative average
+// 1/num_batches_tracked when momentum is None (num_batches_tracked already incremented).
+// Read from the counter where it lives, so that no host synchronization is needed.
+template <typename T>
+FASTBN_HD T running_factor(bool cumulative, double momentum, const int64_t* num_batches_tracked) {
+  if (!cumulative) return static_cast<T>(momentum);
+  const int64_t n = *num_batches_tracked;
+  return n > 0 ? T(1) / static_cast<T>(n) : T(1);
+}
+
+// The per-channel transform y = (x − center)·scale + shift. Training centers on the batch mean
+// and eval on the running mean: centering before scaling keeps the precision that the fully
+// folded x·scale + (b − mean·scale) loses for data far from zero, at the same cost.
+template <typename T> struct ChannelAffine {
+  T center;
+  T scale;
+  T shift;
+};
+
+template <typename T, typename P>
+FASTBN_HD ChannelAffine<T> channel_affine(T mean, T invstd, const P* weight, const P* bias,
+                                          int64_t c) {
+  const T w = weight ? static_cast<T>(weight[c]) : T(1);
+  const T b = bias ? static_cast<T>(bias[c]) : T(0);
+  return {mean, w * invstd, b};
+}
+
+template <typename T>
+FASTBN_HD T invstd_from_var(T var, double eps) {
+  return T(1) / std::sqrt(var + static_cast<T>(eps));
+}
+
+// running = (1 − f)·running + f·batch; running_var stores the unbiased variance n/(n−1)·var.
+template <typename T, typename P>
+FASTBN_HD void update_running_stats(P* running_mean, P* running_var, int64_t c, T mean,
+                                    T biased_var, T count, T factor) {
+  if (running_mean) {
+    running_mean[c] = static_cast<P>(factor * mean + (T(1) - factor) * static_cast<T>(running_mean[c]));
+  }
+  if (running_var) {
+    const T unbiased = count > T(1) ? biased_var * count / (count - T(1)) : biased_var;
+    running_var[c] = static_cast<P>(factor * unbiased + (T(1) - factor) * static_cast<T>(running_var[c]));
+  }
+}
+
+// Training backward, per channel: dx = scale·dy + coef·(x − mean) + shift, from the two
+// reductions Σdy and Σdy·(x − mean).
+template <typename T>
+struct BackwardCoefs {
+  T dy_scale;
+  T xmu_scale;
+  T shift;
+};
+
+template <typename T>
+FASTBN_HD BackwardCoefs<T> train_backward_coefs(T weight, T invstd, T sum_dy, T sum_dy_xmu,
+                                                T count) {
+  const T scale = weight * invstd;
+  const T inv_n = T(1) / count;
+  return {scale, -scale * invstd * invstd * sum_dy_xmu * inv_n, -scale * sum_dy * inv_n};
+}
+
+}  // namespace fastbn

@@ -1,0 +1,40 @@
+"""fastbn.BatchNorm1d/2d/3d: torch.nn's classes (same constructor, parameters, buffers,
+state_dict) whose forward runs fastbn's fused operators."""
+import torch
+
+from .functional import _batch_norm
+
+
+class _FastBatchNorm:
+    """Mixin overriding torch.nn.modules.batchnorm._BatchNorm.forward."""
+
+    def forward(self, input):
+        self._check_input_dim(input)
+        # Same mode logic as torch.nn: running stats are used in eval when present, and
+        # updated in training when tracked; eval without them normalizes with batch stats.
+        tracking = self.training and self.track_running_stats
+        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        keep_stats = not self.training or self.track_running_stats
+        return _batch_norm(
+            input,
+            self.running_mean if keep_stats else None,
+            self.running_var if keep_stats else None,
+            self.weight,
+            self.bias,
+            use_batch_stats,
+            self.momentum,
+            self.eps,
+            self.num_batches_tracked if tracking else None,
+        )
+
+
+class BatchNorm1d(_FastBatchNorm, torch.nn.BatchNorm1d):
+    """Drop-in torch.nn.BatchNorm1d (input (N, C) or (N, C, L))."""
+
+
+class BatchNorm2d(_FastBatchNorm, torch.nn.BatchNorm2d):
+    """Drop-in torch.nn.BatchNorm2d (input (N, C, H, W), contiguous or channels_last)."""
+
+
+class BatchNorm3d(_FastBatchNorm, torch.nn.BatchNorm3d):
+    """Drop-in torch.nn.BatchNorm3d (input (N, C, D, H, W), contiguous or channels_last_3d)."""

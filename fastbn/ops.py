@@ -1,0 +1,59 @@
+"""The fastbn:: operators (defined and implemented in C++, csrc/front) and their fake kernels.
+
+The fake kernels give torch.compile / export the output shapes, dtypes and strides without
+running anything; they follow the same layout rule as the C++ front (csrc/front/checks.cpp).
+"""
+import torch
+from torch._prims_common import suggest_memory_format
+
+_ops = torch.ops.fastbn
+
+
+def _canonical(input):
+    """The input's layout as the kernels see it: NCS (contiguous) or NSC (channels last)."""
+    if input.is_contiguous() or input.movedim(1, -1).is_contiguous():
+        return input
+    return input.contiguous(memory_format=suggest_memory_format(input))
+
+
+def _stats_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def batch_norm_train(input, weight, bias, running_mean, running_var, num_batches_tracked,
+                     momentum, eps):
+    """Training forward: (y, save_mean, save_invstd); updates the running stats and
+    increments num_batches_tracked in place. momentum=None is the cumulative average."""
+    return _ops.batch_norm_train(input, weight, bias, running_mean, running_var,
+                                 num_batches_tracked, momentum, eps)
+
+
+def batch_norm_eval(input, weight, bias, running_mean, running_var, eps):
+    """Eval forward with running statistics: one pass, per-channel scale and shift."""
+    return _ops.batch_norm_eval(input, weight, bias, running_mean, running_var, eps)
+
+
+def batch_norm_backward(grad_output, input, weight, mean, invstd, training, output_mask):
+    """(dx, dweight, dbias); outputs masked out by output_mask come back empty (numel 0)."""
+    return _ops.batch_norm_backward(grad_output, input, weight, mean, invstd, training,
+                                    output_mask)
+
+
+@torch.library.register_fake("fastbn::batch_norm_train")
+def _(input, weight, bias, running_mean, running_var, num_batches_tracked, momentum, eps):
+    stats = input.new_empty((input.shape[1],), dtype=_stats_dtype(input.dtype))
+    return torch.empty_like(_canonical(input)), stats, torch.empty_like(stats)
+
+
+@torch.library.register_fake("fastbn::batch_norm_eval")
+def _(input, weight, bias, running_mean, running_var, eps):
+    return torch.empty_like(_canonical(input))
+
+
+@torch.library.register_fake("fastbn::batch_norm_backward")
+def _(grad_output, input, weight, mean, invstd, training, output_mask):
+    param_dtype = weight.dtype if weight is not None else input.dtype
+    channels = input.shape[1]
+    return (torch.empty_like(_canonical(input)) if output_mask[0] else input.new_empty((0,)),
+            input.new_empty((channels if output_mask[1] else 0,), dtype=param_dtype),
+            input.new_empty((channels if output_mask[2] else 0,), dtype=param_dtype))
