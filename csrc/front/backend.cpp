@@ -9,6 +9,9 @@ namespace fastbn {
 const std::vector<Backend>& cpu_backends() {
   static const std::vector<Backend> backends = {
       {"cpu", cpu::forward_train, cpu::forward_eval, cpu::backward},
+#ifdef FASTBN_WITH_SIMT
+      simt_backend(),
+#endif
   };
   return backends;
 }
@@ -18,6 +21,13 @@ thread_local size_t current_index = 0;
 }
 
 const Backend& current_cpu_backend() { return cpu_backends()[current_index]; }
+
+const Backend& backend_for(const at::Tensor& input) {
+#ifdef FASTBN_WITH_CUDA
+  if (input.is_cuda()) return cuda_backend();
+#endif
+  return current_cpu_backend();
+}
 
 void set_cpu_backend(const std::string& name) {
   const auto& backends = cpu_backends();

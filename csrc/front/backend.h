@@ -16,7 +16,16 @@ struct Backend {
   void (*backward)(const BackwardArgs&);
 };
 
-// The backends compiled into this build, "cpu" first.
+// The backend for the input's device: the CUDA kernels for CUDA tensors, else the selected
+// CPU backend.
+const Backend& backend_for(const at::Tensor& input);
+
+// The CUDA backend (csrc/cuda), in builds with FASTBN_WITH_CUDA.
+const Backend& cuda_backend();
+// The CUDA kernels run by the SIMT emulator on CPU tensors (csrc/simt), with FASTBN_WITH_SIMT.
+const Backend& simt_backend();
+
+// The CPU backends compiled into this build, "cpu" first.
 const std::vector<Backend>& cpu_backends();
 const Backend& current_cpu_backend();
 // Throws c10::ValueError for a name not in cpu_backends().

@@ -28,7 +28,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_train(
                         num_batches_tracked, !momentum.has_value(), momentum.value_or(0.0), eps,
                         at::empty({layout.C}, stats), at::empty({layout.C}, stats)};
   if (defined(num_batches_tracked)) num_batches_tracked->add_(1);
-  current_cpu_backend().forward_train(args);
+  backend_for(x).forward_train(args);
   return {args.output, args.save_mean, args.save_invstd};
 }
 
@@ -40,7 +40,7 @@ at::Tensor batch_norm_eval(const at::Tensor& input, const OptTensor& weight, con
   const at::Tensor x = canonical_input(input);
   EvalForwardArgs args{layout_of(x), x, at::empty_like(x), weight, bias, running_mean, running_var,
                        eps};
-  current_cpu_backend().forward_eval(args);
+  backend_for(x).forward_eval(args);
   return args.output;
 }
 
@@ -60,7 +60,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward(
                     maybe(output_mask[0], [&] { return at::empty_like(x); }),
                     maybe(output_mask[1], [&] { return at::empty({C}, param_options); }),
                     maybe(output_mask[2], [&] { return at::empty({C}, param_options); })};
-  current_cpu_backend().backward(args);
+  backend_for(x).backward(args);
   auto or_empty = [&](const at::Tensor& t) { return t.defined() ? t : at::empty({0}, param_options); };
   return {args.grad_input.defined() ? args.grad_input : at::empty({0}, input.options()),
           or_empty(args.grad_weight), or_empty(args.grad_bias)};
@@ -86,5 +86,13 @@ TORCH_LIBRARY_IMPL(fastbn, CPU, m) {
   m.impl("batch_norm_eval", &batch_norm_eval);
   m.impl("batch_norm_backward", &batch_norm_backward);
 }
+
+#ifdef FASTBN_WITH_CUDA
+TORCH_LIBRARY_IMPL(fastbn, CUDA, m) {
+  m.impl("batch_norm_train", &batch_norm_train);
+  m.impl("batch_norm_eval", &batch_norm_eval);
+  m.impl("batch_norm_backward", &batch_norm_backward);
+}
+#endif
 
 }  // namespace fastbn

@@ -4,6 +4,12 @@
 
 #include <cstdint>
 
+#if defined(__CUDACC__)
+#define FASTBN_LAYOUT_HD __host__ __device__
+#else
+#define FASTBN_LAYOUT_HD
+#endif
+
 namespace fastbn {
 
 struct Layout {
@@ -14,8 +20,8 @@ struct Layout {
   // true:  NSC order, element (n, c, s) at (n·S + s)·C + c   (channels_last, channels_last_3d)
   bool channels_last;
 
-  int64_t per_channel() const { return N * S; }
-  int64_t numel() const { return N * C * S; }
+  FASTBN_LAYOUT_HD int64_t per_channel() const { return N * S; }
+  FASTBN_LAYOUT_HD int64_t numel() const { return N * C * S; }
 };
 
 }  // namespace fastbn

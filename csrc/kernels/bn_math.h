@@ -2,16 +2,37 @@
 // Device-free: no torch headers, so nvcc and g++ both compile it quickly.
 #pragma once
 
+#include "kernels/target.h"
+
 #include <cmath>
 #include <cstdint>
 
-#if defined(__CUDACC__) || defined(FASTBN_SIMT)
+// Under the SIMT emulator device code is host code: plain inline functions.
+#if defined(__CUDACC__)
 #define FASTBN_HD __host__ __device__ __forceinline__
 #else
 #define FASTBN_HD inline
 #endif
 
 namespace fastbn {
+inline namespace FASTBN_TARGET_NS {
+
+// Division and 1/sqrt. On the device (and under the SIMT emulator, which must run the same
+// code) the IEEE-exact versions call slow-path subroutines whose register saves count as
+// spills; the fast intrinsics are within 2 ulp, far inside batch norm's tolerance.
+#if defined(__CUDA_ARCH__) || defined(FASTBN_SIMT)
+FASTBN_HD float fast_div(float a, float b) { return __fdividef(a, b); }
+#if defined(__CUDA_ARCH__)
+FASTBN_HD double fast_div(double a, double b) { return a * __drcp_rn(b); }
+#else  // the emulator: the same IEEE reciprocal, then the multiply
+FASTBN_HD double fast_div(double a, double b) { return a * (1.0 / b); }
+#endif
+FASTBN_HD float fast_rsqrt(float v) { return rsqrtf(v); }
+FASTBN_HD double fast_rsqrt(double v) { return rsqrt(v); }
+#else
+template <typename T> FASTBN_HD T fast_div(T a, T b) { return a / b; }
+template <typename T> FASTBN_HD T fast_rsqrt(T v) { return T(1) / std::sqrt(v); }
+#endif
 
 // Accumulation type: float for float/half/bfloat16, double for double.
 template <typename T> struct AccType { using type = float; };
@@ -32,7 +53,7 @@ FASTBN_HD Moments<T> chan_merge(const Moments<T>& a, const Moments<T>& b) {
   const T count = a.count + b.count;
   if (count == T(0)) return a;
   const T delta = b.mean - a.mean;
-  const T wb = b.count / count;
+  const T wb = fast_div(b.count, count);
   return {count, a.mean + delta * wb, a.m2 + b.m2 + delta * delta * a.count * wb};
 }
 
@@ -42,8 +63,9 @@ FASTBN_HD Moments<T> chan_merge(const Moments<T>& a, const Moments<T>& b) {
 template <typename T>
 FASTBN_HD T running_factor(bool cumulative, double momentum, const int64_t* num_batches_tracked) {
   if (!cumulative) return static_cast<T>(momentum);
+  if (num_batches_tracked == nullptr) return T(0);  // no counter: no running stats to update
   const int64_t n = *num_batches_tracked;
-  return n > 0 ? T(1) / static_cast<T>(n) : T(1);
+  return n > 0 ? fast_div(T(1), static_cast<T>(n)) : T(1);
 }
 
 // The per-channel transform y = (x − center)·scale + shift. Training centers on the batch mean
@@ -65,7 +87,7 @@ FASTBN_HD ChannelAffine<T> channel_affine(T mean, T invstd, const P* weight, con
 
 template <typename T>
 FASTBN_HD T invstd_from_var(T var, double eps) {
-  return T(1) / std::sqrt(var + static_cast<T>(eps));
+  return fast_rsqrt(var + static_cast<T>(eps));
 }
 
 // running = (1 − f)·running + f·batch; running_var stores the unbiased variance n/(n−1)·var.
@@ -76,7 +98,7 @@ FASTBN_HD void update_running_stats(P* running_mean, P* running_var, int64_t c, 
     running_mean[c] = static_cast<P>(factor * mean + (T(1) - factor) * static_cast<T>(running_mean[c]));
   }
   if (running_var) {
-    const T unbiased = count > T(1) ? biased_var * count / (count - T(1)) : biased_var;
+    const T unbiased = count > T(1) ? fast_div(biased_var * count, count - T(1)) : biased_var;
     running_var[c] = static_cast<P>(factor * unbiased + (T(1) - factor) * static_cast<T>(running_var[c]));
   }
 }
@@ -94,8 +116,9 @@ template <typename T>
 FASTBN_HD BackwardCoefs<T> train_backward_coefs(T weight, T invstd, T sum_dy, T sum_dy_xmu,
                                                 T count) {
   const T scale = weight * invstd;
-  const T inv_n = T(1) / count;
+  const T inv_n = fast_div(T(1), count);
   return {scale, -scale * invstd * invstd * sum_dy_xmu * inv_n, -scale * sum_dy * inv_n};
 }
 
+}  // namespace FASTBN_TARGET_NS
 }  // namespace fastbn

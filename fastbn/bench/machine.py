@@ -1,0 +1,107 @@
+"""What the benchmark ran on: recorded with every result file."""
+import os
+import platform
+import re
+import subprocess
+
+import torch
+
+
+def _run(cmd, cwd=None):
+    try:
+        return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _size_bytes(text):
+    """'32 MiB (1 instance)' -> bytes of one instance (lscpu prints totals over instances)."""
+    m = re.match(r"\s*([\d.]+)\s*([KMG]i?B?)\s*(?:\((\d+) instances?\))?", text or "")
+    if not m:
+        return None
+    scale = {"K": 2**10, "M": 2**20, "G": 2**30}[m.group(2)[0]]
+    return int(float(m.group(1)) * scale) // int(m.group(3) or 1)
+
+
+def lscpu():
+    """Model name and cache sizes (per instance, in bytes) from lscpu, if it is there."""
+    out = _run(["lscpu"]) or ""
+    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    info = {"cpu_model": fields.get("Model name")}
+    for key, name in [("L1d cache", "l1d"), ("L2 cache", "l2"), ("L3 cache", "l3")]:
+        if key in fields:
+            info[f"{name}_bytes"] = _size_bytes(fields[key])
+            info[f"{name}_lscpu"] = fields[key]
+    return info
+
+
+def memory_bytes():
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def cuda_peak_gbps(index=0):
+    """Theoretical DRAM bandwidth: 2 transfers per memory clock × bus width."""
+    props = torch.cuda.get_device_properties(index)
+    clock_khz = getattr(props, "memory_clock_rate", 0)
+    bus_bits = getattr(props, "memory_bus_width", 0)
+    return 2 * clock_khz * 1e3 * bus_bits / 8 / 1e9 if clock_khz and bus_bits else None
+
+
+def fastbn_info():
+    import fastbn
+    from fastbn import _build_info
+    src = os.path.dirname(os.path.dirname(os.path.abspath(fastbn.__file__)))
+    return {"fastbn_version": fastbn.__version__,
+            "fastbn_backends": list(_build_info.BACKENDS),
+            "fastbn_git": _run(["git", "describe", "--always", "--dirty"], cwd=src)}
+
+
+def machine_info(devices):
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch_version": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "memory_bytes": memory_bytes(),
+        "loadavg_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        **lscpu(),
+        **fastbn_info(),
+    }
+    if any(d.startswith("cuda") for d in devices):
+        props = torch.cuda.get_device_properties(0)
+        info.update(gpu=props.name, gpu_capability=f"{props.major}.{props.minor}",
+                    gpu_l2_bytes=getattr(props, "L2_cache_size", None),
+                    gpu_peak_gbps=cuda_peak_gbps(0))
+    return info
+
+
+def last_level_cache(info, device):
+    """Bytes of the cache a working set has to fit in to stay on chip between calls."""
+    return info.get("gpu_l2_bytes") if device.startswith("cuda") else info.get("l3_bytes")
+
+
+def describe(info):
+    """One or two lines for the top of the table."""
+    mib = lambda b: f"{b / 2**20:g} MiB" if b else "?"  # noqa: E731
+    ram = (info.get("memory_bytes") or 0) / 2**30
+    line = (f"{info.get('cpu_model') or platform.machine()}: {info['cpu_count']} cores, "
+            f"{info['torch_threads']} torch threads, {info['cpu_capability']}, "
+            f"L2 {mib(info.get('l2_bytes'))}/core, L3 {mib(info.get('l3_bytes'))}, "
+            f"RAM {ram:.0f} GiB; torch {info['torch_version']}, "
+            f"fastbn {info['fastbn_version']} ({info.get('fastbn_git') or 'no git'})")
+    if info.get("gpu"):
+        line += (f"\nGPU {info['gpu']} (sm {info['gpu_capability']}), "
+                 f"peak {info.get('gpu_peak_gbps') or 0:.0f} GB/s")
+    return line
