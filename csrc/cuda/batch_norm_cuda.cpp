@@ -1,5 +1,6 @@
 // The CUDA backend: the kernels of csrc/kernels on the tensor's device and current stream.
 #include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
@@ -36,16 +37,19 @@ const KernelTarget target{cuda_kernels::forward_train, cuda_kernels::forward_eva
 void forward_train(const TrainForwardArgs& a) {
   const c10::cuda::CUDAGuard guard(a.input.device());
   run_forward_train(target, a);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();  // a bad launch configuration surfaces here, not later
 }
 
 void forward_eval(const EvalForwardArgs& a) {
   const c10::cuda::CUDAGuard guard(a.input.device());
   run_forward_eval(target, a);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();  // a bad launch configuration surfaces here, not later
 }
 
 void backward(const BackwardArgs& a) {
   const c10::cuda::CUDAGuard guard(a.input.device());
   run_backward(target, a);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();  // a bad launch configuration surfaces here, not later
 }
 
 }  // namespace

@@ -26,6 +26,10 @@ namespace fastbn {
 inline namespace FASTBN_TARGET_NS {
 
 constexpr int kBlockThreads = 256;
+// At least two resident blocks per SM (so at most 128 registers a thread): keeps the GPU busy
+// across a block's barriers, and steers ptxas away from the spills it otherwise made in the
+// persistent double kernels on sm_120.
+constexpr int kMinBlocksPerSm = 2;
 
 // Element ↔ accumulation type, spelled out: torch builds with __CUDA_NO_HALF_CONVERSIONS__.
 __device__ __forceinline__ float to_acc(float v) { return v; }
@@ -281,13 +285,12 @@ __device__ __forceinline__ void apply_item(const typename Op::Params& p, int64_t
 // items in shared memory (`keep`, slot-major so that a warp's stores are contiguous).
 template <typename Op, bool kChannelsLast, int V>
 __device__ void accumulate(const typename Op::Params& p, const Tile<kChannelsLast, V>& tile,
-                           typename Op::Acc (&acc)[V], Item<Op, V>* keep) {
+                           typename Op::Acc (&acc)[V], Item<Op, V>* keep,
+                           Coefs<typename Op::A>* shared) {
   using A = typename Op::A;
   typename Op::Lane lanes[V];
-  for (int l = 0; l < V; ++l) {
-    acc[l] = Op::zero();
-    if (tile.active()) lanes[l] = Op::lane(p, tile.channel(l));
-  }
+  for (int l = 0; l < V; ++l) acc[l] = Op::zero();
+  broadcast_per_channel(tile, reinterpret_cast<typename Op::Lane*>(shared), [&](int64_t c) { return Op::lane(p, c); }, lanes);
   const int tid = threadIdx.y * blockDim.x + threadIdx.x, threads = blockDim.x * blockDim.y;
   tile.for_each([&](int64_t off, int slot) {
     const Item<Op, V> item = load_item<Op, V>(p, off);
@@ -371,36 +374,51 @@ __device__ void finish_tile(const typename Op::Params& p, const Grid& g,
   }
 }
 
+// Per-channel values every thread needs for its lanes (Coefs, the backward's mean): one thread
+// per channel of the tile reads them from global memory into shared memory, the block shares
+// them, so global traffic is O(channels) per block rather than O(threads).
+template <bool kChannelsLast, int V>
+__host__ __device__ constexpr int tile_channels_max() {
+  return kChannelsLast ? 32 * V : 1;
+}
+
+template <bool kChannelsLast, int V, typename S, typename F>
+__device__ void broadcast_per_channel(const Tile<kChannelsLast, V>& tile, S* shared, F&& load,
+                                      S (&out)[V]) {
+  const int tid = threadIdx.y * blockDim.x + threadIdx.x;
+#pragma unroll 1
+  for (int i = tid; i < tile.channels(); i += blockDim.x * blockDim.y) shared[i] = load(tile.first_channel() + i);
+  __syncthreads();
+  if (tile.active())
+    for (int l = 0; l < V; ++l) out[l] = shared[tile.channel(l) - tile.first_channel()];
+  __syncthreads();  // `shared` may be reused next
+}
+
 // Each lane's Coefs: published by a reduction, or computed directly (eval).
 template <typename Op, bool kChannelsLast, int V, bool kDirect>
 __device__ void lane_coefs(const typename Op::Params& p, const Grid& g,
                            const Tile<kChannelsLast, V>& tile, const typename Op::A* coefs,
-                           Coefs<typename Op::A> (&k)[V]) {
+                           Coefs<typename Op::A>* shared, Coefs<typename Op::A> (&k)[V]) {
   using A = typename Op::A;
-  if (!tile.active()) return;
-  for (int l = 0; l < V; ++l) {
-    if (!kChannelsLast && l > 0) {  // NCS: one channel for every lane
-      k[l] = k[0];
-      continue;
-    }
-    const int64_t c = tile.channel(l);
-    if constexpr (kDirect) k[l] = Op::direct(p, c, g.L);
-    else k[l] = load_fields<A, Coefs<A>>(coefs, c, g.L.C);
-  }
+  broadcast_per_channel(tile, shared, [&](int64_t c) {
+    if constexpr (kDirect) return Op::direct(p, c, g.L);
+    else return load_fields<A, Coefs<A>>(coefs, c, g.L.C);
+  }, k);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Kernels. Grid: (channel tiles, splits); block: (kBlockThreads) for NCS, (tx, ty) for NSC.
 
 template <typename Op, bool kChannelsLast, int V>
-__global__ void __launch_bounds__(kBlockThreads)
+__global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
 reduce_kernel(const typename Op::Params p, const Grid g, typename Op::A* partials,
               typename Op::A* coefs, unsigned* counters) {
   __shared__ typename Op::Acc scratch[scratch_size<Op, kChannelsLast, V>()];
   __shared__ bool last_block;
+  __shared__ Coefs<typename Op::A> shared[tile_channels_max<kChannelsLast, V>()];
   const Tile<kChannelsLast, V> tile(g, blockIdx.y);
   typename Op::Acc acc[V];
-  accumulate<Op, kChannelsLast, V>(p, tile, acc, nullptr);
+  accumulate<Op, kChannelsLast, V>(p, tile, acc, nullptr, shared);
   block_reduce<Op, kChannelsLast, V>(acc, scratch);
   store_partials<Op>(g, tile, acc, partials);
   // Publish the partials, then count arrivals; atomicInc wraps to 0 at splits − 1, so the
@@ -416,32 +434,34 @@ reduce_kernel(const typename Op::Params p, const Grid g, typename Op::A* partial
 }
 
 template <typename Op, bool kChannelsLast, int V, bool kDirect>
-__global__ void __launch_bounds__(kBlockThreads)
+__global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
 apply_kernel(const typename Op::Params p, const Grid g, const typename Op::A* coefs) {
   // Splits in reverse: the reduction pass read the last splits last, so L2 still holds them.
+  __shared__ Coefs<typename Op::A> shared[tile_channels_max<kChannelsLast, V>()];
   const Tile<kChannelsLast, V> tile(g, g.splits - 1 - int(blockIdx.y));
   Coefs<typename Op::A> k[V];
-  lane_coefs<Op, kChannelsLast, V, kDirect>(p, g, tile, coefs, k);
+  lane_coefs<Op, kChannelsLast, V, kDirect>(p, g, tile, coefs, shared, k);
   tile.for_each([&](int64_t off, int) { apply_item<Op, V>(p, off, load_item<Op, V>(p, off), k); });
 }
 
 template <typename Op, bool kChannelsLast, int V>
-__global__ void __launch_bounds__(kBlockThreads)
+__global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
 persistent_kernel(const typename Op::Params p, const Grid g, typename Op::A* partials,
                   typename Op::A* coefs, unsigned* grid_barrier) {
   __shared__ typename Op::Acc scratch[scratch_size<Op, kChannelsLast, V>()];
   using KeptItem = Item<Op, V>;
   FASTBN_DYNAMIC_SMEM(KeptItem, keep);
+  __shared__ Coefs<typename Op::A> shared[tile_channels_max<kChannelsLast, V>()];
   const Tile<kChannelsLast, V> tile(g, blockIdx.y);
   typename Op::Acc acc[V];
-  accumulate<Op, kChannelsLast, V>(p, tile, acc, keep);
+  accumulate<Op, kChannelsLast, V>(p, tile, acc, keep, shared);
   block_reduce<Op, kChannelsLast, V>(acc, scratch);
   store_partials<Op>(g, tile, acc, partials);
   fastbn_grid_sync(grid_barrier);
   if (blockIdx.y == 0) finish_tile<Op>(p, g, tile, partials, coefs);
   fastbn_grid_sync(grid_barrier);
   Coefs<typename Op::A> k[V];
-  lane_coefs<Op, kChannelsLast, V, false>(p, g, tile, coefs, k);
+  lane_coefs<Op, kChannelsLast, V, false>(p, g, tile, coefs, shared, k);
   const int tid = threadIdx.y * blockDim.x + threadIdx.x, threads = blockDim.x * blockDim.y;
   tile.for_each([&](int64_t off, int slot) { apply_item<Op, V>(p, off, keep[slot * threads + tid], k); });
 }

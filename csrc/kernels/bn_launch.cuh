@@ -85,7 +85,8 @@ LaunchInfo run_reduction(const typename Op::Params& p, const Layout& L, bool wan
                          const DeviceAllocator& alloc, Stream stream) {
   using A = typename Op::A;
   const Shape s = shape_of<kChannelsLast, V>(L);
-  const size_t static_smem = sizeof(typename Op::Acc) * scratch_size<Op, kChannelsLast, V>() + 16;
+  const size_t static_smem = sizeof(typename Op::Acc) * scratch_size<Op, kChannelsLast, V>() +
+                             sizeof(Coefs<A>) * tile_channels_max<kChannelsLast, V>() + 16;
   const size_t item_bytes = sizeof(Item<Op, V>) * kBlockThreads;  // one slot of the whole block
   const size_t smem_limit = std::min(kSmemPerBlock, fastbn::device_max_smem_per_block());
   const int64_t max_slots = static_smem < smem_limit ? (smem_limit - static_smem) / item_bytes : 0;

@@ -170,12 +170,13 @@ __device__ __forceinline__ void fastbn_grid_sync(unsigned* barrier) {
   __syncthreads();
   if (threadIdx.x + threadIdx.y + threadIdx.z == 0) {
     const unsigned blocks = gridDim.x * gridDim.y * gridDim.z;
-    const bool first = blockIdx.x + blockIdx.y + blockIdx.z == 0;
-    __threadfence();
-    const unsigned old = atomicAdd(barrier, first ? 0x80000000u - (blocks - 1) : 1u);
-    while (((old ^ *static_cast<volatile unsigned*>(barrier)) & 0x80000000u) == 0) {
-    }
-    __threadfence();
+    const unsigned add = blockIdx.x + blockIdx.y + blockIdx.z == 0 ? 0x80000000u - (blocks - 1) : 1u;
+    unsigned old, now;
+    // Release our writes with the arrival, acquire the others' with the poll (sm_70+).
+    asm volatile("atom.add.release.gpu.u32 %0, [%1], %2;" : "=r"(old) : "l"(barrier), "r"(add) : "memory");
+    do {
+      asm volatile("ld.acquire.gpu.u32 %0, [%1];" : "=r"(now) : "l"(barrier) : "memory");
+    } while (((old ^ now) & 0x80000000u) == 0);
   }
   __syncthreads();
 }

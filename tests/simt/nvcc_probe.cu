@@ -24,7 +24,7 @@ __global__ void scale(const T* __restrict__ x, T* __restrict__ y, int n, T alpha
 // Sum of x over a persistent grid: block partials in dynamic + static shared memory and warp
 // shuffles, then a grid sync, then block 0 adds the partials.
 template <int BLOCK>
-__global__ void grid_sum(const float* __restrict__ x, float* partial, float* total, int n) {
+__global__ void grid_sum(const float* __restrict__ x, float* partial, float* total, int n, unsigned* grid_word) {
   FASTBN_DYNAMIC_SMEM(float, per_thread);
   __shared__ float per_warp[BLOCK / 32];
   float acc = 0.0f;
@@ -39,7 +39,7 @@ __global__ void grid_sum(const float* __restrict__ x, float* partial, float* tot
     for (int w = 0; w < BLOCK / 32; ++w) s += per_warp[w];
     fastbn::gstore(partial + blockIdx.x, s);
   }
-  fastbn_grid_sync();
+  fastbn_grid_sync(grid_word);
   if (blockIdx.x == 0 && threadIdx.x == 0) {
     float s = 0.0f;
     for (unsigned b = 0; b < gridDim.x; ++b) s += fastbn::gload(partial + b);
@@ -48,12 +48,12 @@ __global__ void grid_sum(const float* __restrict__ x, float* partial, float* tot
 }
 
 // Host side: y = 2x, *total = sum(x). `partial` holds one float per SM x resident block.
-void run(const float* x, float* y, float* partial, float* total, int n) {
+void run(const float* x, float* y, float* partial, float* total, int n, unsigned* grid_word) {
   FASTBN_LAUNCH((n / 4 + kBlock) / kBlock, kBlock, 0, nullptr, scale<float>)(x, y, n, 2.0f);
   size_t smem = kBlock * sizeof(float);
   int per_sm = fastbn::max_active_blocks_per_sm(grid_sum<kBlock>, kBlock, smem);
   int blocks = per_sm * fastbn::device_sm_count();
-  FASTBN_LAUNCH_COOPERATIVE(blocks, kBlock, smem, nullptr, grid_sum<kBlock>)(x, partial, total, n);
+  FASTBN_LAUNCH_COOPERATIVE(blocks, kBlock, smem, nullptr, grid_sum<kBlock>)(x, partial, total, n, grid_word);
 }
 
 }  // namespace probe

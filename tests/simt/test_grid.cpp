@@ -5,6 +5,9 @@
 
 #include "harness.h"
 
+// The word fastbn_grid_sync needs (on a GPU it is device memory the launcher provides).
+static unsigned test_grid_word = 0;
+
 namespace {
 
 constexpr int kThreads = 128;
@@ -21,19 +24,19 @@ __global__ void grid_rounds(const float* x, float* partial, float* out, int roun
       for (int i = 0; i < kThreads; ++i) sum += s[i];
       fastbn::gstore(partial + b, sum);
     }
-    fastbn_grid_sync();
+    fastbn_grid_sync(&test_grid_word);
     float total = 0;
     for (int i = 0; i < nb; ++i) total += fastbn::gload(partial + i);
     if (t == 0) fastbn::gstore(out + r * nb + b, total);
-    fastbn_grid_sync();  // nobody overwrites `partial` before every block has read it
+    fastbn_grid_sync(&test_grid_word);  // nobody overwrites `partial` before every block has read it
   }
 }
 
-__global__ void grid_sync_kernel() { fastbn_grid_sync(); }
+__global__ void grid_sync_kernel() { fastbn_grid_sync(&test_grid_word); }
 
 __global__ void grid_exit_early() {
   if (blockIdx.x == 1) return;
-  fastbn_grid_sync();
+  fastbn_grid_sync(&test_grid_word);
 }
 
 // Thread 0 of block 0 waits at a block barrier its block never reaches: the rest of the grid
@@ -42,7 +45,7 @@ __global__ void grid_deadlock() {
   if (blockIdx.x == 0 && threadIdx.x == 0)
     __syncthreads();
   else
-    fastbn_grid_sync();
+    fastbn_grid_sync(&test_grid_word);
 }
 
 __global__ void barriers(float* out, int rounds) {

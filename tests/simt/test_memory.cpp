@@ -7,6 +7,9 @@
 
 #include "harness.h"
 
+// The word fastbn_grid_sync needs (on a GPU it is device memory the launcher provides).
+static unsigned test_grid_word = 0;
+
 namespace {
 
 // out[3b..3b+2]: what thread 0 saw before writing, the value every thread read back, and the
@@ -35,7 +38,7 @@ __global__ void static_smem_across_grid_sync(int* out) {
   __shared__ int value;
   if (threadIdx.x == 0) value = int(blockIdx.x) * 10;
   __syncthreads();
-  fastbn_grid_sync();
+  fastbn_grid_sync(&test_grid_word);
   if (threadIdx.x == 0) out[blockIdx.x] = value;
 }
 

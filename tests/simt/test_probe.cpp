@@ -15,7 +15,8 @@ SIMT_CASE(nvcc_probe_runs_in_emulator) {
   float expect = 0;
   for (int i = 0; i < n; ++i) expect += x[i] = float(i % 7);
   simt::reset_traffic();
-  probe::run(x.data(), y.data(), partial.data(), &total, n);
+  unsigned grid_word = 0;
+  probe::run(x.data(), y.data(), partial.data(), &total, n, &grid_word);
   for (int i = 0; i < n; ++i) CHECK_EQ(y[i], 2 * x[i]);
   CHECK_EQ(total, expect);
   simt::Traffic t = simt::total_traffic();
