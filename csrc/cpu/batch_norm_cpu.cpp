@@ -24,6 +24,7 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <array>
 #include <vector>
 
@@ -99,7 +100,7 @@ int64_t band_rows(const Layout& L) {
 // lines of every row, at least one line (then the re-read comes from the L3).
 int64_t column_block(const Layout& L, int64_t elem_size, int64_t bytes_per_elem) {
   const int64_t line = std::max<int64_t>(1, 64 / elem_size);
-  if (L.C <= 2 * line) return L.C;
+  if (L.C <= 2 * line || std::getenv("FASTBN_CB_FULL")) return L.C;
   const int64_t total = kCoreBudget * std::max<int64_t>(1, at::get_num_threads());
   int64_t cb = total / std::max<int64_t>(1, L.per_channel() * bytes_per_elem);
   cb = std::max(line, cb / line * line);
@@ -108,6 +109,14 @@ int64_t column_block(const Layout& L, int64_t elem_size, int64_t bytes_per_elem)
 
 bool is_serial(const Layout& L, int64_t bytes_per_elem) {
   return L.numel() * bytes_per_elem < kSerialBytes || at::get_num_threads() == 1 || at::in_parallel_region();
+}
+
+// Per-band partial results (NSC): reused across calls so that large scratch arrays cost no
+// page faults. Every element that is read was written by the same call.
+double* scratch(int slot, size_t n) {
+  thread_local std::vector<double> buf[2];
+  if (buf[slot].size() < n) buf[slot].resize(n);
+  return buf[slot].data();
 }
 
 // Parameters of one call as typed pointers (contiguous copies of strided per-channel tensors).
@@ -191,7 +200,8 @@ void forward_train_impl(const TrainForwardArgs& a) {
   if (L.channels_last) {
     const int64_t R = L.per_channel(), rows = band_rows<T>(L), bands = (R + rows - 1) / rows;
     const int64_t cb = serial ? L.C : column_block(L, esize, esize);
-    std::vector<double> pmean(bands * L.C), pm2(bands * L.C);
+    double* pmean = scratch(0, bands * L.C);
+    double* pm2 = scratch(1, bands * L.C);
     AffineArrays<A> t(L.C);
     std::vector<double> mmean(L.C), mm2(L.C);
     for (int64_t c0 = 0; c0 < L.C; c0 += cb) {
@@ -307,10 +317,7 @@ void forward_eval_impl(const EvalForwardArgs& a) {
   } else {
     const int64_t grain = std::max<int64_t>(1, 16384 / L.S);
     auto body = [&](int64_t k0, int64_t k1) {
-      for (int64_t k = k0; k < k1; ++k) {
-        const int64_t n = k / L.C, c = k % L.C;
-        kern.ncs_affine(x, y, {L.C, L.S, c, n * L.S, (n + 1) * L.S}, t.center[c], t.scale[c], t.shift[c]);
-      }
+      kern.ncs_affine_rows(x, y, L.C, L.S, k0, k1, t.center.data(), t.scale.data(), t.shift.data());
     };
     if (serial) body(0, L.N * L.C);
     else at::parallel_for(0, L.N * L.C, grain, body);
@@ -372,7 +379,8 @@ void backward_impl(const BackwardArgs& a) {
     }
     const int64_t rows = band_rows<T>(L), bands = (R + rows - 1) / rows;
     const int64_t cb = serial ? L.C : column_block(L, esize, 2 * esize);
-    std::vector<double> p0(bands * L.C), p1(bands * L.C);
+    double* p0 = scratch(0, bands * L.C);
+    double* p1 = scratch(1, bands * L.C);
     for (int64_t c0 = 0; c0 < L.C; c0 += cb) {
       const int64_t c1 = std::min(L.C, c0 + cb);
       par(serial, 0, bands, [&](int64_t b0, int64_t b1) {
@@ -380,7 +388,7 @@ void backward_impl(const BackwardArgs& a) {
           kern.nsc_bwd_sums(x, dy, {L.C, b * rows, std::min(R, (b + 1) * rows), c0, c1}, mean,
                             &p0[b * L.C + c0], &p1[b * L.C + c0]);
       });
-      std::vector<double> s0(p0.begin() + c0, p0.begin() + c1), s1(p1.begin() + c0, p1.begin() + c1);
+      std::vector<double> s0(p0 + c0, p0 + c1), s1(p1 + c0, p1 + c1);
       for (int64_t b = 1; b < bands; ++b) {
         const double *q0 = &p0[b * L.C + c0], *q1 = &p1[b * L.C + c0];
         for (int64_t c = 0; c < c1 - c0; ++c) {

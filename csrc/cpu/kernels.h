@@ -39,6 +39,9 @@ struct Kernels {
   void (*ncs_moments)(const T* x, const NcsPiece& p, double* out);
   // y = (x − center)·scale + shift over a piece.
   void (*ncs_affine)(const T* x, T* y, const NcsPiece& p, A center, A scale, A shift);
+  // Eval: rows k in [k0, k1) of S contiguous elements (row k = n·C + c), parameters of c.
+  void (*ncs_affine_rows)(const T* x, T* y, int64_t C, int64_t S, int64_t k0, int64_t k1,
+                          const A* center, const A* scale, const A* shift);
   // out = {Σdy, Σdy·(x − mean)} over a piece.
   void (*ncs_bwd_sums)(const T* x, const T* dy, const NcsPiece& p, A mean, double* out);
   // dx = dy·k0 + (x − mean)·k1 + k2 over a piece.

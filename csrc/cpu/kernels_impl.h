@@ -145,43 +145,93 @@ struct DSum {
   }
 };
 
-// NCS piece as contiguous runs f(offset, length).
+// v with all but its last r lanes set to zero.
+template <typename V>
+FI V keep_last(V v, int r) {
+  constexpr int W = sizeof(V) / sizeof(v[0]);
+  for (int l = 0; l < W - r; ++l) v[l] = 0;
+  return v;
+}
+
+// NCS piece as contiguous runs f(offset, length) (one division per piece, not per run).
 template <typename F>
 FI void for_each_run(const NcsPiece& p, const F& f) {
-  int64_t j0 = p.j0;
-  while (j0 < p.j1) {
-    const int64_t n = j0 / p.S, s = j0 - n * p.S;
-    const int64_t len = imin(p.S - s, p.j1 - j0);
-    f((n * p.C + p.c) * p.S + s, len);
-    j0 += len;
+  if (p.j1 <= p.j0) return;
+  int64_t n = p.j0 / p.S, s = p.j0 - n * p.S, left = p.j1 - p.j0;
+  int64_t off = (n * p.C + p.c) * p.S + s;
+  const int64_t stride = p.C * p.S;
+  while (left > 0) {
+    const int64_t len = imin(p.S - s, left);
+    f(off, len);
+    left -= len;
+    off += stride - s;
+    s = 0;
   }
 }
 
-// Σ g(i) over a run for K quantities computed from vector loads (4 accumulators each).
-// vf(i) returns K vectors for elements [i, i + W); sf(i) K scalars for element i.
-template <typename A, int K, typename VF, typename SF>
-FI void run_sums(int64_t n, DSum<A>* out, const VF& vfun, const SF& sfun) {
+// Σ g(i) over the runs of a piece for K quantities: 4 vector accumulators per quantity that
+// persist across runs (short runs cost no fold), folded into double lanes every kFoldVecs
+// vectors and at the end; scalar tails in float, folded every 64 elements and at the end.
+// vfun(p, a) adds the K vectors of elements [p, p + W) of the current run to a; sfun(p, t) the
+// K scalars of element p.
+template <typename A, int K>
+struct Reducer {
   using V = typename VecOf<A>::V;
-  constexpr int W = VecOf<A>::W;
-  int64_t i = 0;
-  while (i + W <= n) {
-    const int64_t e = i + imin(n - i, kFoldVecs * W);
-    V a0[K] = {}, a1[K] = {}, a2[K] = {}, a3[K] = {};
-    for (; i + 4 * W <= e; i += 4 * W) {
+  static constexpr int W = VecOf<A>::W;
+  V a0[K], a1[K], a2[K], a3[K];
+  A t[K] = {};
+  int64_t nvec = 0, nscalar = 0;
+  DSum<A> out[K];
+  FI Reducer() { clear(); }
+  FI void clear() {
+    for (int k = 0; k < K; ++k) a0[k] = a1[k] = a2[k] = a3[k] = V{};
+    nvec = 0;
+  }
+  FI void flush() {
+    for (int k = 0; k < K; ++k) out[k].fold((a0[k] + a1[k]) + (a2[k] + a3[k]));
+    clear();
+  }
+  FI void flush_tail() {
+    for (int k = 0; k < K; ++k) {
+      out[k].tail += double(t[k]);
+      t[k] = 0;
+    }
+    nscalar = 0;
+  }
+  template <typename VF, typename SF>
+  FI void run(int64_t n, const VF& vfun, const SF& sfun) {
+    int64_t i = 0;
+    for (; i + 4 * W <= n; i += 4 * W) {
       vfun(i, a0);
       vfun(i + W, a1);
       vfun(i + 2 * W, a2);
       vfun(i + 3 * W, a3);
+      if ((nvec += 4) >= kFoldVecs) flush();
     }
-    for (; i + W <= e; i += W) vfun(i, a0);
-    for (int k = 0; k < K; ++k) out[k].fold((a0[k] + a1[k]) + (a2[k] + a3[k]));
+    for (; i + W <= n; i += W) {
+      vfun(i, a0);
+      if (++nvec >= kFoldVecs) flush();
+    }
+    if (i < n && n >= W) {
+      // The last r < W elements: one vector ending at the run's end, the lanes that overlap
+      // elements already summed zeroed.
+      const int r = int(n - i);
+      V v[K] = {};
+      vfun(n - W, v);
+      for (int k = 0; k < K; ++k) a0[k] += keep_last(v[k], r);
+      if (++nvec >= kFoldVecs) flush();
+      return;
+    }
+    for (; i < n; ++i) {
+      sfun(i, t);
+      if (++nscalar >= 64) flush_tail();
+    }
   }
-  if (i < n) {
-    A t[K] = {};
-    for (; i < n; ++i) sfun(i, t);
-    for (int k = 0; k < K; ++k) out[k].tail += double(t[k]);
+  FI void finish() {
+    flush();
+    flush_tail();
   }
-}
+};
 
 // ---------------------------------------------------------------- NCS kernels
 template <typename T>
@@ -189,30 +239,32 @@ void ncs_moments(const T* x, const NcsPiece& p, double* out) {
   using A = typename KAcc<T>::type;
   using V = typename VecOf<A>::V;
   const double count = double(p.j1 - p.j0);
-  DSum<A> sum[1];
+  Reducer<A, 1> sum;
   for_each_run(p, [&](int64_t off, int64_t len) {
     const T* q = x + off;
-    run_sums<A, 1>(len, sum, [q](int64_t i, V* a) { a[0] += vload(q + i); },
-                   [q](int64_t i, A* t) { t[0] += sload(q + i); });
+    sum.run(len, [q](int64_t i, V* a) { a[0] += vload(q + i); },
+            [q](int64_t i, A* t) { t[0] += sload(q + i); });
   });
-  const A center = A(sum[0].total() / count);
-  DSum<A> dev[2];
+  sum.finish();
+  const A center = A(sum.out[0].total() / count);
+  const V vc = V{} + center;
+  Reducer<A, 2> dev;
   for_each_run(p, [&](int64_t off, int64_t len) {
     const T* q = x + off;
-    const V vc = V{} + center;
-    run_sums<A, 2>(len, dev,
-                   [q, vc](int64_t i, V* a) {
-                     const V d = vload(q + i) - vc;
-                     a[0] += d;
-                     a[1] += d * d;
-                   },
-                   [q, center](int64_t i, A* t) {
-                     const A d = sload(q + i) - center;
-                     t[0] += d;
-                     t[1] += d * d;
-                   });
+    dev.run(len,
+            [q, vc](int64_t i, V* a) {
+              const V d = vload(q + i) - vc;
+              a[0] += d;
+              a[1] += d * d;
+            },
+            [q, center](int64_t i, A* t) {
+              const A d = sload(q + i) - center;
+              t[0] += d;
+              t[1] += d * d;
+            });
   });
-  const double s1 = dev[0].total(), s2 = dev[1].total();
+  dev.finish();
+  const double s1 = dev.out[0].total(), s2 = dev.out[1].total();
   const double m2 = s2 - s1 * s1 / count;
   out[0] = double(center) + s1 / count;
   out[1] = m2 > 0 ? m2 : 0;
@@ -223,6 +275,7 @@ void ncs_affine(const T* x, T* y, const NcsPiece& p, A center, A scale, A shift)
   using V = typename VecOf<A>::V;
   constexpr int W = VecOf<A>::W;
   const V vc = V{} + center, vs = V{} + scale, vb = V{} + shift;
+  const bool alias = (const void*)x == (const void*)y;
   for_each_run(p, [&](int64_t off, int64_t n) {
     const T* xi = x + off;
     T* yi = y + off;
@@ -232,31 +285,46 @@ void ncs_affine(const T* x, T* y, const NcsPiece& p, A center, A scale, A shift)
       vstore(yi + i + W, (vload(xi + i + W) - vc) * vs + vb);
     }
     for (; i + W <= n; i += W) vstore(yi + i, (vload(xi + i) - vc) * vs + vb);
+    if (i < n && n >= W && !alias) {  // overlapping last vector: recomputed from x, same values
+      vstore(yi + n - W, (vload(xi + n - W) - vc) * vs + vb);
+      return;
+    }
     for (; i < n; ++i) sstore(yi + i, (sload(xi + i) - center) * scale + shift);
   });
+}
+
+// Rows k in [k0, k1) of S contiguous elements, channel k % C.
+template <typename T, typename A>
+void ncs_affine_rows(const T* x, T* y, int64_t C, int64_t S, int64_t k0, int64_t k1,
+                     const A* center, const A* scale, const A* shift) {
+  for (int64_t k = k0; k < k1; ++k) {
+    const int64_t c = k % C;
+    ncs_affine(x, y, NcsPiece{1, S, 0, k * S, (k + 1) * S}, center[c], scale[c], shift[c]);
+  }
 }
 
 template <typename T, typename A>
 void ncs_bwd_sums(const T* x, const T* dy, const NcsPiece& p, A mean, double* out) {
   using V = typename VecOf<A>::V;
-  DSum<A> s[2];
+  Reducer<A, 2> s;
   const V vm = V{} + mean;
   for_each_run(p, [&](int64_t off, int64_t len) {
     const T *xi = x + off, *gi = dy + off;
-    run_sums<A, 2>(len, s,
-                   [xi, gi, vm](int64_t i, V* a) {
-                     const V g = vload(gi + i);
-                     a[0] += g;
-                     a[1] += g * (vload(xi + i) - vm);
-                   },
-                   [xi, gi, mean](int64_t i, A* t) {
-                     const A g = sload(gi + i);
-                     t[0] += g;
-                     t[1] += g * (sload(xi + i) - mean);
-                   });
+    s.run(len,
+          [xi, gi, vm](int64_t i, V* a) {
+            const V g = vload(gi + i);
+            a[0] += g;
+            a[1] += g * (vload(xi + i) - vm);
+          },
+          [xi, gi, mean](int64_t i, A* t) {
+            const A g = sload(gi + i);
+            t[0] += g;
+            t[1] += g * (sload(xi + i) - mean);
+          });
   });
-  out[0] = s[0].total();
-  out[1] = s[1].total();
+  s.finish();
+  out[0] = s.out[0].total();
+  out[1] = s.out[1].total();
 }
 
 template <typename T, typename A>
@@ -264,12 +332,18 @@ void ncs_bwd_dx(const T* x, const T* dy, T* dx, const NcsPiece& p, A mean, A k0,
   using V = typename VecOf<A>::V;
   constexpr int W = VecOf<A>::W;
   const V vm = V{} + mean, v0 = V{} + k0, v1 = V{} + k1, v2 = V{} + k2;
+  const bool alias = (const void*)dx == (const void*)x || (const void*)dx == (const void*)dy;
   for_each_run(p, [&](int64_t off, int64_t n) {
     const T *xi = x + off, *gi = dy + off;
     T* di = dx + off;
     int64_t i = 0;
     for (; i + W <= n; i += W)
       vstore(di + i, vload(gi + i) * v0 + (vload(xi + i) - vm) * v1 + v2);
+    if (i < n && n >= W && !alias) {
+      const int64_t j = n - W;
+      vstore(di + j, vload(gi + j) * v0 + (vload(xi + j) - vm) * v1 + v2);
+      return;
+    }
     for (; i < n; ++i) sstore(di + i, sload(gi + i) * k0 + (sload(xi + i) - mean) * k1 + k2);
   });
 }
@@ -303,15 +377,30 @@ void nsc_moments(const T* x, const NscBlock& b, double* mean, double* m2) {
       for (int l = 0; l < W; ++l) center[v * W + l] = A(double(t[l]) / count);
     }
     for (int64_t t = 0; t < nt; ++t) center[nv * W + t] = A(double(ts[t]) / count);
-    for (int64_t v = 0; v < nv; ++v) acc[v] = acc2[v] = V{};
+    // Second pass (the band is in L2): centers and both sums in registers per column chunk.
+    const int64_t o_end = for_col_chunks<W>(cs, cs + nv * W, [&]<int U>(int64_t o) {
+      V c[U], s1[U], s2[U];
+      for (int u = 0; u < U; ++u) {
+        c[u] = vload(center + (o - cs) + u * W);
+        s1[u] = s2[u] = V{};
+      }
+      for (int64_t r = b.r0; r < b.r1; ++r) {
+        const T* row = x + r * b.C + o;
+        for (int u = 0; u < U; ++u) {
+          const V d = vload(row + u * W) - c[u];
+          s1[u] += d;
+          s2[u] += d * d;
+        }
+      }
+      for (int u = 0; u < U; ++u) {
+        acc[(o - cs) / W + u] = s1[u];
+        acc2[(o - cs) / W + u] = s2[u];
+      }
+    });
+    (void)o_end;
     for (int64_t t = 0; t < nt; ++t) ts[t] = ts2[t] = 0;
     for (int64_t r = b.r0; r < b.r1; ++r) {
       const T* row = x + r * b.C + cs;
-      for (int64_t v = 0; v < nv; ++v) {
-        const V d = vload(row + v * W) - vload(center + v * W);
-        acc[v] += d;
-        acc2[v] += d * d;
-      }
       for (int64_t t = 0; t < nt; ++t) {
         const A d = sload(row + nv * W + t) - center[nv * W + t];
         ts[t] += d;
@@ -333,20 +422,49 @@ void nsc_moments(const T* x, const NscBlock& b, double* mean, double* m2) {
   }
 }
 
+// Rows per sub-band for the elementwise NSC kernels: the sub-band stays in L1/L2 while its
+// column chunks (parameters in registers) sweep it.
+FI int64_t sub_rows(int64_t C, int64_t esize) {
+  const int64_t r = (int64_t(64) * 1024) / (C * esize);
+  return r < 1 ? 1 : r;
+}
+
+// Calls f.template operator()<U>(o) for column chunks of U = 4 vectors, then U = 1, starting at
+// channel o; returns the first channel not covered by whole vectors.
+template <int W, typename F>
+FI int64_t for_col_chunks(int64_t c0, int64_t c1, const F& f) {
+  int64_t o = c0;
+  for (; o + 4 * W <= c1; o += 4 * W) f.template operator()<4>(o);
+  for (; o + W <= c1; o += W) f.template operator()<1>(o);
+  return o;
+}
+
 template <typename T, typename A>
 void nsc_affine(const T* x, T* y, const NscBlock& b, const A* center, const A* scale,
                 const A* shift) {
+  using V = typename VecOf<A>::V;
   constexpr int W = VecOf<A>::W;
-  const int64_t n = b.c1 - b.c0, nv = n / W;
-  const A *cc = center + b.c0, *sc = scale + b.c0, *sh = shift + b.c0;
-  for (int64_t r = b.r0; r < b.r1; ++r) {
-    const T* xr = x + r * b.C + b.c0;
-    T* yr = y + r * b.C + b.c0;
-    for (int64_t v = 0; v < nv; ++v) {
-      const int64_t o = v * W;
-      vstore(yr + o, (vload(xr + o) - vload(cc + o)) * vload(sc + o) + vload(sh + o));
-    }
-    for (int64_t k = nv * W; k < n; ++k) sstore(yr + k, (sload(xr + k) - cc[k]) * sc[k] + sh[k]);
+  const int64_t step = sub_rows(b.C, sizeof(T));
+  for (int64_t s0 = b.r0; s0 < b.r1; s0 += step) {
+    const int64_t s1 = imin(b.r1, s0 + step);
+    const int64_t o_end = for_col_chunks<W>(b.c0, b.c1, [&]<int U>(int64_t o) {
+      V c[U], sc[U], sh[U];
+      for (int u = 0; u < U; ++u) {
+        c[u] = vload(center + o + u * W);
+        sc[u] = vload(scale + o + u * W);
+        sh[u] = vload(shift + o + u * W);
+      }
+      for (int64_t r = s0; r < s1; ++r) {
+        const T* xr = x + r * b.C + o;
+        T* yr = y + r * b.C + o;
+        for (int u = 0; u < U; ++u) vstore(yr + u * W, (vload(xr + u * W) - c[u]) * sc[u] + sh[u]);
+      }
+    });
+    for (int64_t r = s0; r < s1; ++r)
+      for (int64_t k = o_end; k < b.c1; ++k) {
+        const int64_t i = r * b.C + k;
+        sstore(y + i, (sload(x + i) - center[k]) * scale[k] + shift[k]);
+      }
   }
 }
 
@@ -395,19 +513,31 @@ void nsc_bwd_sums(const T* x, const T* dy, const NscBlock& b, const A* mean, dou
 template <typename T, typename A>
 void nsc_bwd_dx(const T* x, const T* dy, T* dx, const NscBlock& b, const A* mean, const A* k0,
                 const A* k1, const A* k2) {
+  using V = typename VecOf<A>::V;
   constexpr int W = VecOf<A>::W;
-  const int64_t n = b.c1 - b.c0, nv = n / W;
-  const A *m = mean + b.c0, *q0 = k0 + b.c0, *q1 = k1 + b.c0, *q2 = k2 + b.c0;
-  for (int64_t r = b.r0; r < b.r1; ++r) {
-    const T *xr = x + r * b.C + b.c0, *gr = dy + r * b.C + b.c0;
-    T* dr = dx + r * b.C + b.c0;
-    for (int64_t v = 0; v < nv; ++v) {
-      const int64_t o = v * W;
-      vstore(dr + o, vload(gr + o) * vload(q0 + o) + (vload(xr + o) - vload(m + o)) * vload(q1 + o) +
-                         vload(q2 + o));
-    }
-    for (int64_t k = nv * W; k < n; ++k)
-      sstore(dr + k, sload(gr + k) * q0[k] + (sload(xr + k) - m[k]) * q1[k] + q2[k]);
+  const int64_t step = sub_rows(b.C, 2 * sizeof(T));
+  for (int64_t s0 = b.r0; s0 < b.r1; s0 += step) {
+    const int64_t s1 = imin(b.r1, s0 + step);
+    const int64_t o_end = for_col_chunks<W>(b.c0, b.c1, [&]<int U>(int64_t o) {
+      V m[U], q0[U], q1[U], q2[U];
+      for (int u = 0; u < U; ++u) {
+        m[u] = vload(mean + o + u * W);
+        q0[u] = vload(k0 + o + u * W);
+        q1[u] = vload(k1 + o + u * W);
+        q2[u] = vload(k2 + o + u * W);
+      }
+      for (int64_t r = s0; r < s1; ++r) {
+        const int64_t i = r * b.C + o;
+        for (int u = 0; u < U; ++u)
+          vstore(dx + i + u * W,
+                 vload(dy + i + u * W) * q0[u] + (vload(x + i + u * W) - m[u]) * q1[u] + q2[u]);
+      }
+    });
+    for (int64_t r = s0; r < s1; ++r)
+      for (int64_t k = o_end; k < b.c1; ++k) {
+        const int64_t i = r * b.C + k;
+        sstore(dx + i, sload(dy + i) * k0[k] + (sload(x + i) - mean[k]) * k1[k] + k2[k]);
+      }
   }
 }
 
@@ -417,6 +547,7 @@ Kernels<T> make_kernels() {
   Kernels<T> k;
   k.ncs_moments = &ncs_moments<T>;
   k.ncs_affine = &ncs_affine<T, A>;
+  k.ncs_affine_rows = &ncs_affine_rows<T, A>;
   k.ncs_bwd_sums = &ncs_bwd_sums<T, A>;
   k.ncs_bwd_dx = &ncs_bwd_dx<T, A>;
   k.nsc_moments = &nsc_moments<T>;
