@@ -111,6 +111,19 @@ bool is_serial(const Layout& L, int64_t bytes_per_elem) {
   return L.numel() * bytes_per_elem < kSerialBytes || at::get_num_threads() == 1 || at::in_parallel_region();
 }
 
+// NCS channels made of short runs (small S: one short run per sample, C·S apart) defeat the
+// hardware prefetchers; the whole-channel paths prefetch the next channel's runs by hand.
+template <typename K>
+void prefetch_channel(const K* x, const Layout& L, int64_t c) {
+  const int64_t bytes = L.S * int64_t(sizeof(K));
+  for (int64_t n = 0; n < L.N; ++n) {
+    const char* p = reinterpret_cast<const char*>(x + (n * L.C + c) * L.S);
+    for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(p + o);
+    __builtin_prefetch(p + bytes - 1);
+  }
+}
+bool short_runs(const Layout& L, int64_t esize) { return L.S * esize <= 2048 && L.N > 1; }
+
 // Per-band partial results (NSC): reused across calls so that large scratch arrays cost no
 // page faults. Every element that is read was written by the same call.
 double* scratch(int slot, size_t n) {
@@ -253,8 +266,11 @@ void forward_train_impl(const TrainForwardArgs& a) {
     return Moments<double>{double(q.j1 - q.j0), o[0], o[1]};
   };
   if (whole_channels_per_thread(L, esize, serial)) {
+    const bool prefetch = short_runs(L, esize);
     par(serial, 0, L.C, [&](int64_t c0, int64_t c1) {
+      if (prefetch) prefetch_channel(x, L, c0);
       for (int64_t c = c0; c < c1; ++c) {
+        if (prefetch && c + 1 < c1) prefetch_channel(x, L, c + 1);
         Moments<double> m{0, 0, 0};
         for (int64_t p = 0; p < pieces; ++p) m = chan_merge(m, moments(c, p));
         const ChannelAffine<A> t = finish(c, m);
@@ -430,8 +446,13 @@ void backward_impl(const BackwardArgs& a) {
   };
   if (whole_channels_per_thread(L, 2 * esize, serial)) {
     // Reductions then dx per channel, while the channel is still in cache.
+    const bool prefetch = short_runs(L, esize);
     par(serial, 0, L.C, [&](int64_t c0, int64_t c1) {
       for (int64_t c = c0; c < c1; ++c) {
+        if (prefetch && c + 1 < c1) {
+          prefetch_channel(x, L, c + 1);
+          prefetch_channel(dy, L, c + 1);
+        }
         double s0 = 0, s1 = 0;
         for (int64_t p = 0; p < pieces; ++p) {
           const auto s = sums(c, p);

@@ -145,12 +145,23 @@ struct DSum {
   }
 };
 
-// v with all but its last r lanes set to zero.
+// v with all but its last r lanes set to zero (a compare against a constant lane index).
+typedef int64_t vi64 __attribute__((vector_size(VB)));
 template <typename V>
 FI V keep_last(V v, int r) {
-  constexpr int W = sizeof(V) / sizeof(v[0]);
-  for (int l = 0; l < W - r; ++l) v[l] = 0;
-  return v;
+  if constexpr (sizeof(v[0]) == 4) {
+    alignas(64) static constexpr int32_t iota[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+    vi32 lane;
+    std::memcpy(&lane, iota, VB);
+    const vi32 keep = lane >= (VB / 4 - r);
+    return (V)((vi32)v & keep);
+  } else {
+    alignas(64) static constexpr int64_t iota[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+    vi64 lane;
+    std::memcpy(&lane, iota, VB);
+    const vi64 keep = lane >= int64_t(VB / 8 - r);
+    return (V)((vi64)v & keep);
+  }
 }
 
 // NCS piece as contiguous runs f(offset, length) (one division per piece, not per run).
@@ -208,20 +219,25 @@ struct Reducer {
       vfun(i + 3 * W, a3);
       if ((nvec += 4) >= kFoldVecs) flush();
     }
-    for (; i + W <= n; i += W) {
-      vfun(i, a0);
-      if (++nvec >= kFoldVecs) flush();
-    }
+    // Up to 3 more whole vectors and a partial one, each into its own accumulator so that
+    // short runs (e.g. 7×7 maps) do not chain their additions through one register.
+    const int64_t q = (n - i) / W;
+    if (q > 0) vfun(i, a0);
+    if (q > 1) vfun(i + W, a1);
+    if (q > 2) vfun(i + 2 * W, a2);
+    i += q * W;
+    nvec += q;
     if (i < n && n >= W) {
       // The last r < W elements: one vector ending at the run's end, the lanes that overlap
       // elements already summed zeroed.
       const int r = int(n - i);
       V v[K] = {};
       vfun(n - W, v);
-      for (int k = 0; k < K; ++k) a0[k] += keep_last(v[k], r);
-      if (++nvec >= kFoldVecs) flush();
-      return;
+      for (int k = 0; k < K; ++k) a3[k] += keep_last(v[k], r);
+      ++nvec;
+      i = n;
     }
+    if (nvec >= kFoldVecs - 4) flush();
     for (; i < n; ++i) {
       sfun(i, t);
       if (++nscalar >= 64) flush_tail();
@@ -422,13 +438,6 @@ void nsc_moments(const T* x, const NscBlock& b, double* mean, double* m2) {
   }
 }
 
-// Rows per sub-band for the elementwise NSC kernels: the sub-band stays in L1/L2 while its
-// column chunks (parameters in registers) sweep it.
-FI int64_t sub_rows(int64_t C, int64_t esize) {
-  const int64_t r = (int64_t(64) * 1024) / (C * esize);
-  return r < 1 ? 1 : r;
-}
-
 // Calls f.template operator()<U>(o) for column chunks of U = 4 vectors, then U = 1, starting at
 // channel o; returns the first channel not covered by whole vectors.
 template <int W, typename F>
@@ -439,32 +448,22 @@ FI int64_t for_col_chunks(int64_t c0, int64_t c1, const F& f) {
   return o;
 }
 
+// Elementwise NSC kernels run row-major over the block's full width (the order the hardware
+// prefetchers follow best); the per-channel parameters are L1-resident loads.
 template <typename T, typename A>
 void nsc_affine(const T* x, T* y, const NscBlock& b, const A* center, const A* scale,
                 const A* shift) {
-  using V = typename VecOf<A>::V;
   constexpr int W = VecOf<A>::W;
-  const int64_t step = sub_rows(b.C, sizeof(T));
-  for (int64_t s0 = b.r0; s0 < b.r1; s0 += step) {
-    const int64_t s1 = imin(b.r1, s0 + step);
-    const int64_t o_end = for_col_chunks<W>(b.c0, b.c1, [&]<int U>(int64_t o) {
-      V c[U], sc[U], sh[U];
-      for (int u = 0; u < U; ++u) {
-        c[u] = vload(center + o + u * W);
-        sc[u] = vload(scale + o + u * W);
-        sh[u] = vload(shift + o + u * W);
-      }
-      for (int64_t r = s0; r < s1; ++r) {
-        const T* xr = x + r * b.C + o;
-        T* yr = y + r * b.C + o;
-        for (int u = 0; u < U; ++u) vstore(yr + u * W, (vload(xr + u * W) - c[u]) * sc[u] + sh[u]);
-      }
-    });
-    for (int64_t r = s0; r < s1; ++r)
-      for (int64_t k = o_end; k < b.c1; ++k) {
-        const int64_t i = r * b.C + k;
-        sstore(y + i, (sload(x + i) - center[k]) * scale[k] + shift[k]);
-      }
+  const int64_t n = b.c1 - b.c0, nv = n / W;
+  const A *cc = center + b.c0, *sc = scale + b.c0, *sh = shift + b.c0;
+  for (int64_t r = b.r0; r < b.r1; ++r) {
+    const T* xr = x + r * b.C + b.c0;
+    T* yr = y + r * b.C + b.c0;
+    for (int64_t v = 0; v < nv; ++v) {
+      const int64_t o = v * W;
+      vstore(yr + o, (vload(xr + o) - vload(cc + o)) * vload(sc + o) + vload(sh + o));
+    }
+    for (int64_t k = nv * W; k < n; ++k) sstore(yr + k, (sload(xr + k) - cc[k]) * sc[k] + sh[k]);
   }
 }
 
@@ -513,31 +512,19 @@ void nsc_bwd_sums(const T* x, const T* dy, const NscBlock& b, const A* mean, dou
 template <typename T, typename A>
 void nsc_bwd_dx(const T* x, const T* dy, T* dx, const NscBlock& b, const A* mean, const A* k0,
                 const A* k1, const A* k2) {
-  using V = typename VecOf<A>::V;
   constexpr int W = VecOf<A>::W;
-  const int64_t step = sub_rows(b.C, 2 * sizeof(T));
-  for (int64_t s0 = b.r0; s0 < b.r1; s0 += step) {
-    const int64_t s1 = imin(b.r1, s0 + step);
-    const int64_t o_end = for_col_chunks<W>(b.c0, b.c1, [&]<int U>(int64_t o) {
-      V m[U], q0[U], q1[U], q2[U];
-      for (int u = 0; u < U; ++u) {
-        m[u] = vload(mean + o + u * W);
-        q0[u] = vload(k0 + o + u * W);
-        q1[u] = vload(k1 + o + u * W);
-        q2[u] = vload(k2 + o + u * W);
-      }
-      for (int64_t r = s0; r < s1; ++r) {
-        const int64_t i = r * b.C + o;
-        for (int u = 0; u < U; ++u)
-          vstore(dx + i + u * W,
-                 vload(dy + i + u * W) * q0[u] + (vload(x + i + u * W) - m[u]) * q1[u] + q2[u]);
-      }
-    });
-    for (int64_t r = s0; r < s1; ++r)
-      for (int64_t k = o_end; k < b.c1; ++k) {
-        const int64_t i = r * b.C + k;
-        sstore(dx + i, sload(dy + i) * k0[k] + (sload(x + i) - mean[k]) * k1[k] + k2[k]);
-      }
+  const int64_t n = b.c1 - b.c0, nv = n / W;
+  const A *m = mean + b.c0, *q0 = k0 + b.c0, *q1 = k1 + b.c0, *q2 = k2 + b.c0;
+  for (int64_t r = b.r0; r < b.r1; ++r) {
+    const T *xr = x + r * b.C + b.c0, *gr = dy + r * b.C + b.c0;
+    T* dr = dx + r * b.C + b.c0;
+    for (int64_t v = 0; v < nv; ++v) {
+      const int64_t o = v * W;
+      vstore(dr + o, vload(gr + o) * vload(q0 + o) + (vload(xr + o) - vload(m + o)) * vload(q1 + o) +
+                         vload(q2 + o));
+    }
+    for (int64_t k = nv * W; k < n; ++k)
+      sstore(dr + k, sload(gr + k) * q0[k] + (sload(xr + k) - m[k]) * q1[k] + q2[k]);
   }
 }
 
