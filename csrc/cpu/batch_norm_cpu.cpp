@@ -102,8 +102,10 @@ int64_t column_block(const Layout& L, int64_t elem_size, int64_t bytes_per_elem)
   const int64_t line = std::max<int64_t>(1, 64 / elem_size);
   if (L.C <= 2 * line || std::getenv("FASTBN_CB_FULL")) return L.C;
   const int64_t total = kCoreBudget * std::max<int64_t>(1, at::get_num_threads());
-  int64_t cb = total / std::max<int64_t>(1, L.per_channel() * bytes_per_elem);
-  cb = std::max(line, cb / line * line);
+  const int64_t cb = total / std::max<int64_t>(1, L.per_channel() * bytes_per_elem) / line * line;
+  // Not even one line of columns fits: the re-read comes from L3 or memory either way, and
+  // whole rows are what the prefetchers stream best.
+  if (cb < line) return L.C;
   return cb >= L.C ? L.C : cb;
 }
 

@@ -88,6 +88,31 @@ FI vf vload(const float* p) { vf v; std::memcpy(&v, p, VB); return v; }
 FI vd vload(const double* p) { vd v; std::memcpy(&v, p, VB); return v; }
 FI void vstore(float* p, vf v) { std::memcpy(p, &v, VB); }
 FI void vstore(double* p, vd v) { std::memcpy(p, &v, VB); }
+#if FASTBN_VB == 64
+FI vf vload(const bf16_t* p) {
+  return (vf)_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16);
+}
+// Round to nearest even, NaN → 0x7FC0 (as c10::BFloat16).
+FI void vstore(bf16_t* p, vf v) {
+  const __m512i u = _mm512_castps_si512((__m512)v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
+  r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask((__m512)v, (__m512)v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
+  _mm256_storeu_si256((__m256i*)p, _mm512_cvtepi32_epi16(r));
+}
+#elif FASTBN_VB == 32
+FI vf vload(const bf16_t* p) {
+  return (vf)_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16);
+}
+FI void vstore(bf16_t* p, vf v) {
+  const __m256i u = _mm256_castps_si256((__m256)v);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF))), 16);
+  const __m256 nan = _mm256_cmp_ps((__m256)v, (__m256)v, _CMP_UNORD_Q);
+  r = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(r), _mm256_castsi256_ps(_mm256_set1_epi32(0x7FC0)), nan));
+  _mm_storeu_si128((__m128i*)p, _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1)));
+}
+#else
 FI vf vload(const bf16_t* p) {
   vu16 h;
   std::memcpy(&h, p, VB / 2);
@@ -101,6 +126,7 @@ FI void vstore(bf16_t* p, vf v) {
   const vu16 h = __builtin_convertvector(r, vu16);
   std::memcpy(p, &h, VB / 2);
 }
+#endif
 #if FASTBN_VB == 64
 FI vf vload(const half_t* p) { return (vf)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p)); }
 FI void vstore(half_t* p, vf v) {
@@ -309,13 +335,27 @@ void ncs_affine(const T* x, T* y, const NcsPiece& p, A center, A scale, A shift)
   });
 }
 
-// Rows k in [k0, k1) of S contiguous elements, channel k % C.
+// Rows k in [k0, k1) of S contiguous elements, channel k % C (no division per row).
 template <typename T, typename A>
 void ncs_affine_rows(const T* x, T* y, int64_t C, int64_t S, int64_t k0, int64_t k1,
                      const A* center, const A* scale, const A* shift) {
+  using V = typename VecOf<A>::V;
+  constexpr int W = VecOf<A>::W;
+  const bool alias = (const void*)x == (const void*)y;
+  int64_t c = k0 % C;
   for (int64_t k = k0; k < k1; ++k) {
-    const int64_t c = k % C;
-    ncs_affine(x, y, NcsPiece{1, S, 0, k * S, (k + 1) * S}, center[c], scale[c], shift[c]);
+    const T* xi = x + k * S;
+    T* yi = y + k * S;
+    const A ce = center[c], sc = scale[c], sh = shift[c];
+    const V vc = V{} + ce, vs = V{} + sc, vb = V{} + sh;
+    int64_t i = 0;
+    for (; i + W <= S; i += W) vstore(yi + i, (vload(xi + i) - vc) * vs + vb);
+    if (i < S && S >= W && !alias) {
+      vstore(yi + S - W, (vload(xi + S - W) - vc) * vs + vb);
+    } else {
+      for (; i < S; ++i) sstore(yi + i, (sload(xi + i) - ce) * sc + sh);
+    }
+    if (++c == C) c = 0;
   }
 }
 
