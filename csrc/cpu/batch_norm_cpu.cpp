@@ -4,16 +4,17 @@
 // Pass structure (see shared/design/cpu-anchors.md):
 // - NCS (contiguous): a channel is split into pieces of kPiece elements; the statistics of a
 //   piece are exact two-pass (the second pass re-reads it from L2), pieces are merged with
-//   Chan's formula in double in piece order. When a channel fits the per-core cache budget and
-//   the channels spread over the threads, each thread owns a run of channels and normalizes
+//   Chan's formula in double in piece order. When the channels spread evenly over the
+//   threads, each thread owns a run of channels and normalizes
 //   (or computes dx for) each channel right after its statistics, while it is in L2: X is read
-//   once from memory. Otherwise (few or huge channels) consecutive channels are taken in chunks
+//   once from memory. Otherwise (fewer channels than threads, or an uneven split) consecutive
+//   channels are taken in chunks
 //   that fit the caches of all threads; the pieces of a chunk are spread over the threads, merged
 //   behind the join, and each thread normalizes the same pieces it reduced (static partition).
 // - NSC (channels_last): bands of rows (their size depends only on C and the dtype); per band
 //   and channel exact two-pass moments (vector lanes = channels); band moments merged per channel
-//   in band order; each thread then normalizes its own bands. Channel columns are blocked so that
-//   a thread's share of a column block fits its L2, so X is read once from memory there too.
+//   in band order; each thread then normalizes its own bands (X read twice: the second read
+//   comes from L3 when the thread's share is larger than its L2).
 // The decomposition into pieces and bands never depends on the thread count or the path, so
 // results are identical run to run, for any number of threads.
 #include "cpu/batch_norm_cpu.h"
@@ -24,7 +25,6 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <array>
 #include <vector>
 
@@ -78,11 +78,12 @@ void par(bool serial, int64_t begin, int64_t end, const F& f) {
 
 int64_t num_pieces(const Layout& L) { return std::max<int64_t>(1, (L.per_channel() + kPiece - 1) / kPiece); }
 
-// Whole channels per thread when a channel fits one core's budget and they spread evenly.
-bool whole_channels_per_thread(const Layout& L, int64_t bytes_per_elem, bool serial) {
+// Whole channels per thread (one parallel region; a channel re-read from L2 when it fits
+// kCoreBudget, else from L3) whenever the channels spread evenly over the threads.
+bool whole_channels_per_thread(const Layout& L, int64_t /*bytes_per_elem*/, bool serial) {
   const int64_t threads = at::get_num_threads();
   if (serial || threads == 1) return true;
-  return L.per_channel() * bytes_per_elem <= kCoreBudget && (L.C % threads == 0 || L.C >= 8 * threads);
+  return L.C % threads == 0 || L.C >= 8 * threads;
 }
 
 // Channels per chunk in the split NCS path: the chunk fits the budget of all cores.
@@ -94,19 +95,6 @@ int64_t chunk_channels(const Layout& L, int64_t bytes_per_elem) {
 template <typename T>
 int64_t band_rows(const Layout& L) {
   return std::clamp<int64_t>(kBandBytes / (L.C * int64_t(sizeof(T))), 1, kMaxBandRows);
-}
-
-// Channel columns per block (NSC): a thread's share of the block fits its budget, whole cache
-// lines of every row, at least one line (then the re-read comes from the L3).
-int64_t column_block(const Layout& L, int64_t elem_size, int64_t bytes_per_elem) {
-  const int64_t line = std::max<int64_t>(1, 64 / elem_size);
-  if (L.C <= 2 * line || std::getenv("FASTBN_CB_FULL")) return L.C;
-  const int64_t total = kCoreBudget * std::max<int64_t>(1, at::get_num_threads());
-  const int64_t cb = total / std::max<int64_t>(1, L.per_channel() * bytes_per_elem) / line * line;
-  // Not even one line of columns fits: the re-read comes from L3 or memory either way, and
-  // whole rows are what the prefetchers stream best.
-  if (cb < line) return L.C;
-  return cb >= L.C ? L.C : cb;
 }
 
 bool is_serial(const Layout& L, int64_t bytes_per_elem) {
@@ -214,7 +202,10 @@ void forward_train_impl(const TrainForwardArgs& a) {
 
   if (L.channels_last) {
     const int64_t R = L.per_channel(), rows = band_rows<T>(L), bands = (R + rows - 1) / rows;
-    const int64_t cb = serial ? L.C : column_block(L, esize, esize);
+    // One column block: blocking the channel columns to fit the L2s multiplies the parallel
+    // regions (each a fork/join that costs milliseconds on a loaded machine) and turns rows
+    // into strided accesses; measured slower on every ResNet shape.
+    const int64_t cb = L.C;
     double* pmean = scratch(0, bands * L.C);
     double* pm2 = scratch(1, bands * L.C);
     AffineArrays<A> t(L.C);
@@ -247,7 +238,7 @@ void forward_train_impl(const TrainForwardArgs& a) {
         }
         for (int64_t c = m0; c < m1; ++c) t.set(c, finish(c, {double(R), mmean[c], mm2[c]}));
       };
-      if (serial || (c1 - c0) * bands < 32768) merge(c0, c1);
+      if (serial || (c1 - c0) * bands < 262144) merge(c0, c1);
       else at::parallel_for(c0, c1, grain, merge);
       par(serial, 0, bands, [&](int64_t b0, int64_t b1) {
         kern.nsc_affine(x, y, {L.C, b0 * rows, std::min(R, b1 * rows), c0, c1}, t.center.data(),
@@ -396,7 +387,7 @@ void backward_impl(const BackwardArgs& a) {
       return;
     }
     const int64_t rows = band_rows<T>(L), bands = (R + rows - 1) / rows;
-    const int64_t cb = serial ? L.C : column_block(L, esize, 2 * esize);
+    const int64_t cb = L.C;  // see forward_train_impl
     double* p0 = scratch(0, bands * L.C);
     double* p1 = scratch(1, bands * L.C);
     for (int64_t c0 = 0; c0 < L.C; c0 += cb) {
