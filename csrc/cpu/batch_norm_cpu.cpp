@@ -7,13 +7,12 @@
 //   Chan's formula in double in piece order. When the channels spread evenly over the
 //   threads, each thread owns a run of channels and normalizes
 //   (or computes dx for) each channel right after its statistics, while it is in L2: X is read
-//   once from memory. Otherwise (fewer channels than threads, or an uneven split) consecutive
-//   channels are taken in chunks
-//   that fit the caches of all threads; the pieces of a chunk are spread over the threads, merged
-//   behind the join, and each thread normalizes the same pieces it reduced (static partition).
+//   once from memory. Otherwise (fewer channels than threads, or an uneven split) the pieces
+//   of all channels are spread over the threads, merged per channel behind a barrier, and each
+//   thread normalizes the pieces it reduced.
 // - NSC (channels_last): bands of rows (their size depends only on C and the dtype); per band
 //   and channel exact two-pass moments (vector lanes = channels); band moments merged per channel
-//   in band order; each thread then normalizes its own bands (X read twice: the second read
+//   in band order behind a barrier; each thread then normalizes its own bands (X read twice: the second read
 //   comes from L3 when the thread's share is larger than its L2).
 // The decomposition into pieces and bands never depends on the thread count or the path, so
 // results are identical run to run, for any number of threads.
@@ -25,6 +24,10 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <utility>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include <array>
 #include <vector>
 
@@ -76,6 +79,37 @@ void par(bool serial, int64_t begin, int64_t end, const F& f) {
   at::parallel_for(begin, end, 1, f);
 }
 
+// One parallel region of T = at::get_num_threads() threads running body(t, T, sync) with
+// t = 0..T−1; sync() is a barrier across them. Phases separated by barriers instead of one
+// fork/join each: waking sleeping workers again costs milliseconds on a loaded machine. If
+// OpenMP gives a team of another size (all its threads see the same size), thread 0 runs
+// everything alone as T = 1.
+template <typename F>
+void team(bool serial, const F& body) {
+  const int64_t T = serial ? 1 : at::get_num_threads();
+  auto none = [] {};
+  if (T <= 1) {
+    body(int64_t(0), int64_t(1), none);
+    return;
+  }
+  at::parallel_for(0, T, 1, [&](int64_t t0, int64_t) {
+#ifdef _OPENMP
+    if (omp_get_num_threads() == T) {
+      body(t0, T, [] {
+#pragma omp barrier
+      });
+      return;
+    }
+#endif
+    if (t0 == 0) body(int64_t(0), int64_t(1), none);
+  });
+}
+
+// [begin, end) of part t of n split in T.
+inline std::pair<int64_t, int64_t> split(int64_t n, int64_t t, int64_t T) {
+  return {n * t / T, n * (t + 1) / T};
+}
+
 int64_t num_pieces(const Layout& L) { return std::max<int64_t>(1, (L.per_channel() + kPiece - 1) / kPiece); }
 
 // Whole channels per thread (one parallel region; a channel re-read from L2 when it fits
@@ -84,12 +118,6 @@ bool whole_channels_per_thread(const Layout& L, int64_t /*bytes_per_elem*/, bool
   const int64_t threads = at::get_num_threads();
   if (serial || threads == 1) return true;
   return L.C % threads == 0 || L.C >= 8 * threads;
-}
-
-// Channels per chunk in the split NCS path: the chunk fits the budget of all cores.
-int64_t chunk_channels(const Layout& L, int64_t bytes_per_elem) {
-  const int64_t total = kCoreBudget * std::max<int64_t>(1, at::get_num_threads());
-  return std::clamp<int64_t>(total / std::max<int64_t>(1, L.per_channel() * bytes_per_elem), 1, L.C);
 }
 
 template <typename T>
@@ -201,50 +229,46 @@ void forward_train_impl(const TrainForwardArgs& a) {
   };
 
   if (L.channels_last) {
+    // No blocking of the channel columns: it multiplies the phases and turns rows into
+    // strided accesses; measured slower on every ResNet shape.
     const int64_t R = L.per_channel(), rows = band_rows<T>(L), bands = (R + rows - 1) / rows;
-    // One column block: blocking the channel columns to fit the L2s multiplies the parallel
-    // regions (each a fork/join that costs milliseconds on a loaded machine) and turns rows
-    // into strided accesses; measured slower on every ResNet shape.
-    const int64_t cb = L.C;
     double* pmean = scratch(0, bands * L.C);
     double* pm2 = scratch(1, bands * L.C);
     AffineArrays<A> t(L.C);
     std::vector<double> mmean(L.C), mm2(L.C);
-    for (int64_t c0 = 0; c0 < L.C; c0 += cb) {
-      const int64_t c1 = std::min(L.C, c0 + cb);
-      par(serial, 0, bands, [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b)
-          kern.nsc_moments(x, {L.C, b * rows, std::min(R, (b + 1) * rows), c0, c1},
-                           &pmean[b * L.C + c0], &pm2[b * L.C + c0]);
-      });
-      // Merge the bands in order (Chan), channels in the inner loop.
-      const int64_t grain = std::max<int64_t>(16, 16384 / bands);
-      auto merge = [&](int64_t m0, int64_t m1) {
-        double n = double(std::min(R, rows));
+    // Merge the bands in order (Chan), channels in the inner loop.
+    auto merge = [&](int64_t m0, int64_t m1) {
+      double n = double(std::min(R, rows));
+      for (int64_t c = m0; c < m1; ++c) {
+        mmean[c] = pmean[c];
+        mm2[c] = pm2[c];
+      }
+      for (int64_t b = 1; b < bands; ++b) {
+        const double nb = double(std::min(R, (b + 1) * rows) - b * rows), tot = n + nb, wb = nb / tot;
+        const double* bm = &pmean[b * L.C];
+        const double* bq = &pm2[b * L.C];
         for (int64_t c = m0; c < m1; ++c) {
-          mmean[c] = pmean[c];
-          mm2[c] = pm2[c];
+          const double delta = bm[c] - mmean[c];
+          mmean[c] = mmean[c] + delta * wb;
+          mm2[c] = mm2[c] + bq[c] + delta * delta * n * wb;
         }
-        for (int64_t b = 1; b < bands; ++b) {
-          const double nb = double(std::min(R, (b + 1) * rows) - b * rows), tot = n + nb, wb = nb / tot;
-          const double* bm = &pmean[b * L.C];
-          const double* bq = &pm2[b * L.C];
-          for (int64_t c = m0; c < m1; ++c) {
-            const double delta = bm[c] - mmean[c];
-            mmean[c] = mmean[c] + delta * wb;
-            mm2[c] = mm2[c] + bq[c] + delta * delta * n * wb;
-          }
-          n = tot;
-        }
-        for (int64_t c = m0; c < m1; ++c) t.set(c, finish(c, {double(R), mmean[c], mm2[c]}));
-      };
-      if (serial || (c1 - c0) * bands < 262144) merge(c0, c1);
-      else at::parallel_for(c0, c1, grain, merge);
-      par(serial, 0, bands, [&](int64_t b0, int64_t b1) {
-        kern.nsc_affine(x, y, {L.C, b0 * rows, std::min(R, b1 * rows), c0, c1}, t.center.data(),
+        n = tot;
+      }
+      for (int64_t c = m0; c < m1; ++c) t.set(c, finish(c, {double(R), mmean[c], mm2[c]}));
+    };
+    team(serial, [&](int64_t id, int64_t T_, const auto& sync) {
+      const auto [b0, b1] = split(bands, id, T_);
+      for (int64_t b = b0; b < b1; ++b)
+        kern.nsc_moments(x, {L.C, b * rows, std::min(R, (b + 1) * rows), 0, L.C}, &pmean[b * L.C],
+                         &pm2[b * L.C]);
+      sync();
+      const auto [m0, m1] = split(L.C, id, T_);
+      merge(m0, m1);
+      sync();
+      if (b1 > b0)
+        kern.nsc_affine(x, y, {L.C, b0 * rows, std::min(R, b1 * rows), 0, L.C}, t.center.data(),
                         t.scale.data(), t.shift.data());
-      });
-    }
+    });
     return;
   }
 
@@ -272,26 +296,27 @@ void forward_train_impl(const TrainForwardArgs& a) {
     });
     return;
   }
-  const int64_t cc = chunk_channels(L, esize);
-  std::vector<Moments<double>> parts(cc * pieces);
-  std::vector<ChannelAffine<A>> affine(cc);
-  for (int64_t c0 = 0; c0 < L.C; c0 += cc) {
-    const int64_t c1 = std::min(L.C, c0 + cc), items = (c1 - c0) * pieces;
-    par(serial, 0, items, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) parts[i] = moments(c0 + i / pieces, i % pieces);
-    });
-    for (int64_t c = c0; c < c1; ++c) {
+  // Fewer channels than threads, or an uneven split: the pieces of all channels are spread
+  // over the threads; merge per channel behind a barrier; each thread normalizes its pieces.
+  const int64_t items = L.C * pieces;
+  std::vector<Moments<double>> parts(items);
+  std::vector<ChannelAffine<A>> affine(L.C);
+  team(serial, [&](int64_t id, int64_t T_, const auto& sync) {
+    const auto [i0, i1] = split(items, id, T_);
+    for (int64_t i = i0; i < i1; ++i) parts[i] = moments(i / pieces, i % pieces);
+    sync();
+    const auto [m0, m1] = split(L.C, id, T_);
+    for (int64_t c = m0; c < m1; ++c) {
       Moments<double> m{0, 0, 0};
-      for (int64_t p = 0; p < pieces; ++p) m = chan_merge(m, parts[(c - c0) * pieces + p]);
-      affine[c - c0] = finish(c, m);
+      for (int64_t p = 0; p < pieces; ++p) m = chan_merge(m, parts[c * pieces + p]);
+      affine[c] = finish(c, m);
     }
-    par(serial, 0, items, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        const ChannelAffine<A>& t = affine[i / pieces];
-        kern.ncs_affine(x, y, piece(c0 + i / pieces, i % pieces), t.center, t.scale, t.shift);
-      }
-    });
-  }
+    sync();
+    for (int64_t i = i0; i < i1; ++i) {
+      const ChannelAffine<A>& t = affine[i / pieces];
+      kern.ncs_affine(x, y, piece(i / pieces, i % pieces), t.center, t.scale, t.shift);
+    }
+  });
 }
 
 // ---------------------------------------------------------------- eval forward
@@ -387,27 +412,31 @@ void backward_impl(const BackwardArgs& a) {
       return;
     }
     const int64_t rows = band_rows<T>(L), bands = (R + rows - 1) / rows;
-    const int64_t cb = L.C;  // see forward_train_impl
     double* p0 = scratch(0, bands * L.C);
     double* p1 = scratch(1, bands * L.C);
-    for (int64_t c0 = 0; c0 < L.C; c0 += cb) {
-      const int64_t c1 = std::min(L.C, c0 + cb);
-      par(serial, 0, bands, [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b)
-          kern.nsc_bwd_sums(x, dy, {L.C, b * rows, std::min(R, (b + 1) * rows), c0, c1}, mean,
-                            &p0[b * L.C + c0], &p1[b * L.C + c0]);
-      });
-      std::vector<double> s0(p0 + c0, p0 + c1), s1(p1 + c0, p1 + c1);
-      for (int64_t b = 1; b < bands; ++b) {
-        const double *q0 = &p0[b * L.C + c0], *q1 = &p1[b * L.C + c0];
-        for (int64_t c = 0; c < c1 - c0; ++c) {
-          s0[c] += q0[c];
-          s1[c] += q1[c];
+    team(serial, [&](int64_t id, int64_t T_, const auto& sync) {
+      const auto [b0, b1] = split(bands, id, T_);
+      for (int64_t b = b0; b < b1; ++b)
+        kern.nsc_bwd_sums(x, dy, {L.C, b * rows, std::min(R, (b + 1) * rows), 0, L.C}, mean,
+                          &p0[b * L.C], &p1[b * L.C]);
+      sync();
+      const auto [m0, m1] = split(L.C, id, T_);
+      if (m1 > m0) {
+        std::vector<double> s0(p0 + m0, p0 + m1), s1(p1 + m0, p1 + m1);
+        for (int64_t b = 1; b < bands; ++b) {
+          const double *q0 = &p0[b * L.C + m0], *q1 = &p1[b * L.C + m0];
+          for (int64_t c = 0; c < m1 - m0; ++c) {
+            s0[c] += q0[c];
+            s1[c] += q1[c];
+          }
         }
+        for (int64_t c = m0; c < m1; ++c) set_coefs(c, finish(c, s0[c - m0], s1[c - m0]));
       }
-      for (int64_t c = c0; c < c1; ++c) set_coefs(c, finish(c, s0[c - c0], s1[c - c0]));
-      if (dx) dx_pass(c0, c1, rows, bands);
-    }
+      sync();
+      if (dx && b1 > b0)
+        kern.nsc_bwd_dx(x, dy, dx, {L.C, b0 * rows, std::min(R, b1 * rows), 0, L.C}, mean,
+                        k.center.data(), k.scale.data(), k.shift.data());
+    });
     return;
   }
 
@@ -458,25 +487,25 @@ void backward_impl(const BackwardArgs& a) {
     });
     return;
   }
-  const int64_t cc = chunk_channels(L, 2 * esize);
-  std::vector<std::array<double, 2>> parts(cc * pieces);
-  for (int64_t c0 = 0; c0 < L.C; c0 += cc) {
-    const int64_t c1 = std::min(L.C, c0 + cc), items = (c1 - c0) * pieces;
-    par(serial, 0, items, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) parts[i] = sums(c0 + i / pieces, i % pieces);
-    });
-    for (int64_t c = c0; c < c1; ++c) {
+  const int64_t items = L.C * pieces;
+  std::vector<std::array<double, 2>> parts(items);
+  team(serial, [&](int64_t id, int64_t T_, const auto& sync) {
+    const auto [i0, i1] = split(items, id, T_);
+    for (int64_t i = i0; i < i1; ++i) parts[i] = sums(i / pieces, i % pieces);
+    sync();
+    const auto [m0, m1] = split(L.C, id, T_);
+    for (int64_t c = m0; c < m1; ++c) {
       double s0 = 0, s1 = 0;
       for (int64_t p = 0; p < pieces; ++p) {
-        s0 += parts[(c - c0) * pieces + p][0];
-        s1 += parts[(c - c0) * pieces + p][1];
+        s0 += parts[c * pieces + p][0];
+        s1 += parts[c * pieces + p][1];
       }
       set_coefs(c, finish(c, s0, s1));
     }
-    if (dx) par(serial, 0, items, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) dx_piece(c0 + i / pieces, piece(c0 + i / pieces, i % pieces));
-    });
-  }
+    sync();
+    if (dx)
+      for (int64_t i = i0; i < i1; ++i) dx_piece(i / pieces, piece(i / pieces, i % pieces));
+  });
 }
 
 // Calls f.template operator()<T, P>() for the input dtype T and parameter dtype P (T itself, or
