@@ -89,7 +89,11 @@ def write_build_info(cuda_archs, simt):
     (ROOT / "fastbn" / "_build_info.py").write_text("".join(lines))
 
 
-CXX_FLAGS = ["-O3", "-std=c++20", "-fno-strict-aliasing"]
+# -fopenmp: at::parallel_for is a header template that runs serially unless the including file
+# is compiled with OpenMP (ATen/ParallelOpenMP.h is guarded by _OPENMP). Compile flag only: the
+# GOMP_* calls then bind at load time to the libgomp that libtorch_cpu already loads (the same
+# thread pool as torch), not to a second OpenMP runtime.
+CXX_FLAGS = ["-O3", "-std=c++20", "-fno-strict-aliasing", "-fopenmp"]
 cpp_sources = sources("csrc/front/*.cpp") + sources("csrc/cpu/*.cpp")
 cuda_sources = sources("csrc/cuda/*.cu") + sources("csrc/cuda/*.cpp")
 build_cuda = cuda_requested()

@@ -1,16 +1,21 @@
-// Fused CPU batch norm.
+// Fused CPU batch norm: threading, per-channel math and the fixed merge order. The inner loops
+// are the vectorized kernels of kernels_impl.h, compiled per ISA and picked at run time.
 //
 // Pass structure (see shared/design/cpu-anchors.md):
-// - NCS (contiguous): a channel is split into pieces of kPiece elements. When the channels can
-//   be spread evenly over the threads, each thread owns whole channels and, per channel, computes
-//   the statistics piece by piece (exact two-pass inside a piece, which is then L2-resident) and
-//   normalizes the channel right away, while it is still in cache. Otherwise (few channels, or
-//   channels that do not divide among the threads) the pieces of all channels are spread over
-//   the threads, merged per channel, then normalized in a second parallel pass.
-// - NSC (channels_last): bands of rows; per band, per-channel sums in a contiguous array (the
-//   inner loop runs along C and vectorizes); band moments merged per channel; normalize pass.
-// Partial results are always merged in the same fixed order (pieces and bands have sizes that
-// do not depend on the thread count), so results are identical run to run and across paths.
+// - NCS (contiguous): a channel is split into pieces of kPiece elements; the statistics of a
+//   piece are exact two-pass (the second pass re-reads it from L2), pieces are merged with
+//   Chan's formula in double in piece order. When the channels spread evenly over the
+//   threads, each thread owns a run of channels and normalizes
+//   (or computes dx for) each channel right after its statistics, while it is in L2: X is read
+//   once from memory. Otherwise (fewer channels than threads, or an uneven split) the pieces
+//   of all channels are spread over the threads, merged per channel behind a barrier, and each
+//   thread normalizes the pieces it reduced.
+// - NSC (channels_last): bands of rows (their size depends only on C and the dtype); per band
+//   and channel exact two-pass moments (vector lanes = channels); band moments merged per channel
+//   in band order behind a barrier; each thread then normalizes its own bands (X read twice: the second read
+//   comes from L3 when the thread's share is larger than its L2).
+// The decomposition into pieces and bands never depends on the thread count or the path, so
+// results are identical run to run, for any number of threads.
 #include "cpu/batch_norm_cpu.h"
 
 #include <ATen/Dispatch.h>
@@ -19,70 +24,100 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <utility>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include <array>
 #include <vector>
 
+#include "cpu/kernels.h"
 #include "kernels/bn_math.h"
 
 namespace fastbn::cpu {
 namespace {
 
-// Independent float lanes so that the sum vectorizes; a block of lanes is folded into double
-// before float accumulation could lose the digits of data far from zero.
-constexpr int64_t kLanes = 16;
-constexpr int64_t kBlock = 256;
 // Elements of one channel per piece (NCS): 128 KiB of float, re-read from L2.
 constexpr int64_t kPiece = int64_t(1) << 15;
+// Bytes of data one core may keep in its L2 (2 MiB) between reading and normalizing.
+constexpr int64_t kCoreBudget = 1280 * 1024;
 // Rows per band (NSC): about kBandBytes of input, at most kMaxBandRows rows so that the
 // per-band float sums stay accurate.
-constexpr int64_t kBandBytes = 96 * 1024;
+constexpr int64_t kBandBytes = 256 * 1024;
 constexpr int64_t kMaxBandRows = 256;
+// Below this many bytes of input a call runs on the calling thread.
+constexpr int64_t kSerialBytes = 192 * 1024;
 
-// Σ f(i) for i in [0, n), K sums at once.
-template <typename A, int K, typename F>
-std::array<double, K> lane_sums(int64_t n, const F& f) {
-  std::array<double, K> total{};
-  for (int64_t b = 0; b < n; b += kBlock) {
-    const int64_t e = std::min(n, b + kBlock);
-    A lane[K][kLanes] = {};
-    int64_t i = b;
-    for (; i + kLanes <= e; i += kLanes) {
-      for (int64_t l = 0; l < kLanes; ++l) {
-        const std::array<A, K> v = f(i + l);
-        for (int k = 0; k < K; ++k) lane[k][l] += v[k];
-      }
-    }
-    A block[K] = {};
-    for (; i < e; ++i) {
-      const std::array<A, K> v = f(i);
-      for (int k = 0; k < K; ++k) block[k] += v[k];
-    }
-    for (int k = 0; k < K; ++k) {
-      for (int64_t l = 0; l < kLanes; ++l) block[k] += lane[k][l];
-      total[k] += block[k];
-    }
-  }
-  return total;
+// c10 storage type → kernel storage type.
+template <typename T> struct KType { using type = T; };
+template <> struct KType<c10::BFloat16> { using type = bf16_t; };
+template <> struct KType<c10::Half> { using type = half_t; };
+template <typename T> using k_t = typename KType<T>::type;
+
+template <typename K> const Kernels<K>& kernels_for();
+template <> const Kernels<float>& kernels_for<float>() { return select_kernels().f32; }
+template <> const Kernels<double>& kernels_for<double>() { return select_kernels().f64; }
+template <> const Kernels<bf16_t>& kernels_for<bf16_t>() { return select_kernels().bf16; }
+template <> const Kernels<half_t>& kernels_for<half_t>() { return select_kernels().f16; }
+
+template <typename T> const k_t<T>* kptr(const at::Tensor& t) {
+  return reinterpret_cast<const k_t<T>*>(t.data_ptr<T>());
+}
+template <typename T> k_t<T>* kptr_mut(const at::Tensor& t) {
+  return reinterpret_cast<k_t<T>*>(t.data_ptr<T>());
 }
 
-// NCS: the elements of channel c with flat index j in [j0, j1) of its N·S elements, as
-// contiguous runs f(offset, length).
+// at::parallel_for with grain 1 (each thread one contiguous range: the same range for the same
+// [begin, end) in consecutive calls), or inline when the call is small.
 template <typename F>
-void for_each_run(const Layout& L, int64_t c, int64_t j0, int64_t j1, const F& f) {
-  while (j0 < j1) {
-    const int64_t n = j0 / L.S, s = j0 - n * L.S;
-    const int64_t len = std::min(L.S - s, j1 - j0);
-    f((n * L.C + c) * L.S + s, len);
-    j0 += len;
+void par(bool serial, int64_t begin, int64_t end, const F& f) {
+  if (end <= begin) return;
+  if (serial || end - begin == 1) {
+    f(begin, end);
+    return;
   }
+  at::parallel_for(begin, end, 1, f);
+}
+
+// One parallel region of T = at::get_num_threads() threads running body(t, T, sync) with
+// t = 0..T−1; sync() is a barrier across them. Phases separated by barriers instead of one
+// fork/join each: waking sleeping workers again costs milliseconds on a loaded machine. If
+// OpenMP gives a team of another size (all its threads see the same size), thread 0 runs
+// everything alone as T = 1.
+template <typename F>
+void team(bool serial, const F& body) {
+  const int64_t T = serial ? 1 : at::get_num_threads();
+  auto none = [] {};
+  if (T <= 1) {
+    body(int64_t(0), int64_t(1), none);
+    return;
+  }
+  at::parallel_for(0, T, 1, [&](int64_t t0, int64_t) {
+#ifdef _OPENMP
+    if (omp_get_num_threads() == T) {
+      body(t0, T, [] {
+#pragma omp barrier
+      });
+      return;
+    }
+#endif
+    if (t0 == 0) body(int64_t(0), int64_t(1), none);
+  });
+}
+
+// [begin, end) of part t of n split in T.
+inline std::pair<int64_t, int64_t> split(int64_t n, int64_t t, int64_t T) {
+  return {n * t / T, n * (t + 1) / T};
 }
 
 int64_t num_pieces(const Layout& L) { return std::max<int64_t>(1, (L.per_channel() + kPiece - 1) / kPiece); }
 
-// Whole channels per thread when they spread evenly; else pieces across threads.
-bool whole_channels_per_thread(const Layout& L) {
+// Whole channels per thread (one parallel region; a channel re-read from L2 when it fits
+// kCoreBudget, else from L3) whenever the channels spread evenly over the threads.
+bool whole_channels_per_thread(const Layout& L, int64_t /*bytes_per_elem*/, bool serial) {
   const int64_t threads = at::get_num_threads();
-  return threads == 1 || L.C % threads == 0 || L.C >= 8 * threads;
+  if (serial || threads == 1) return true;
+  return L.C % threads == 0 || L.C >= 8 * threads;
 }
 
 template <typename T>
@@ -90,60 +125,29 @@ int64_t band_rows(const Layout& L) {
   return std::clamp<int64_t>(kBandBytes / (L.C * int64_t(sizeof(T))), 1, kMaxBandRows);
 }
 
-// Runs `body(c, j0, j1)` over every piece of every NCS channel in parallel.
-template <typename F>
-void parallel_pieces(const Layout& L, const F& body) {
-  const int64_t pieces = num_pieces(L), M = L.per_channel();
-  at::parallel_for(0, L.C * pieces, 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t c = t / pieces, p = t % pieces;
-      body(c, p, p * kPiece, std::min(M, (p + 1) * kPiece));
-    }
-  });
+bool is_serial(const Layout& L, int64_t bytes_per_elem) {
+  return L.numel() * bytes_per_elem < kSerialBytes || at::get_num_threads() == 1 || at::in_parallel_region();
 }
 
-// Exact two-pass moments of one cache-sized piece of an NCS channel.
-template <typename T>
-Moments<double> piece_moments(const T* x, const Layout& L, int64_t c, int64_t j0, int64_t j1) {
-  using A = acc_t<T>;
-  double sum = 0;
-  for_each_run(L, c, j0, j1, [&](int64_t off, int64_t len) {
-    const T* p = x + off;
-    sum += lane_sums<A, 1>(len, [p](int64_t i) { return std::array<A, 1>{A(p[i])}; })[0];
-  });
-  const double count = double(j1 - j0), mean = sum / count;
-  const A center = A(mean);
-  double m2 = 0;
-  for_each_run(L, c, j0, j1, [&](int64_t off, int64_t len) {
-    const T* p = x + off;
-    m2 += lane_sums<A, 1>(len, [p, center](int64_t i) {
-      const A d = A(p[i]) - center;
-      return std::array<A, 1>{d * d};
-    })[0];
-  });
-  // Σ(x − center)² = M2 + count·(mean − center)²: undo the rounding of the center.
-  const double shift = mean - double(center);
-  return {count, mean, std::max(0.0, m2 - count * shift * shift)};
-}
-
-// Applies y = f(x, c) to the whole tensor (NCS runs or NSC rows), in parallel.
-template <typename F>
-void parallel_elementwise(const Layout& L, const F& f) {
-  if (L.channels_last) {
-    at::parallel_for(0, L.N * L.S, std::max<int64_t>(1, 16384 / std::max<int64_t>(L.C, 1)),
-                     [&](int64_t r0, int64_t r1) {
-                       for (int64_t r = r0; r < r1; ++r)
-                         for (int64_t c = 0; c < L.C; ++c) f(r * L.C + c, c);
-                     });
-  } else {
-    at::parallel_for(0, L.N * L.C, std::max<int64_t>(1, 16384 / std::max<int64_t>(L.S, 1)),
-                     [&](int64_t k0, int64_t k1) {
-                       for (int64_t k = k0; k < k1; ++k) {
-                         const int64_t c = k % L.C;
-                         for (int64_t i = k * L.S, e = i + L.S; i < e; ++i) f(i, c);
-                       }
-                     });
+// NCS channels made of short runs (small S: one short run per sample, C·S apart) defeat the
+// hardware prefetchers; the whole-channel paths prefetch the next channel's runs by hand.
+template <typename K>
+void prefetch_channel(const K* x, const Layout& L, int64_t c) {
+  const int64_t bytes = L.S * int64_t(sizeof(K));
+  for (int64_t n = 0; n < L.N; ++n) {
+    const char* p = reinterpret_cast<const char*>(x + (n * L.C + c) * L.S);
+    for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(p + o);
+    __builtin_prefetch(p + bytes - 1);
   }
+}
+bool short_runs(const Layout& L, int64_t esize) { return L.S * esize <= 2048 && L.N > 1; }
+
+// Per-band partial results (NSC): reused across calls so that large scratch arrays cost no
+// page faults. Every element that is read was written by the same call.
+double* scratch(int slot, size_t n) {
+  thread_local std::vector<double> buf[2];
+  if (buf[slot].size() < n) buf[slot].resize(n);
+  return buf[slot].data();
 }
 
 // Parameters of one call as typed pointers (contiguous copies of strided per-channel tensors).
@@ -171,11 +175,25 @@ struct InPlace {
   }
 };
 
+// Per-channel transform as three arrays (what the NSC kernels read).
+template <typename A>
+struct AffineArrays {
+  std::vector<A> center, scale, shift;
+  explicit AffineArrays(int64_t C) : center(C), scale(C), shift(C) {}
+  void set(int64_t c, const ChannelAffine<A>& t) {
+    center[c] = t.center;
+    scale[c] = t.scale;
+    shift[c] = t.shift;
+  }
+};
+
 // ---------------------------------------------------------------- training forward
 
 template <typename T, typename P>
 void forward_train_impl(const TrainForwardArgs& a) {
   using A = acc_t<T>;
+  using K = k_t<T>;
+  const Kernels<K>& kern = kernels_for<K>();
   const Layout& L = a.layout;
   std::vector<at::Tensor> keep;
   const P* weight = ptr_or_null<P>(a.weight, keep);
@@ -183,16 +201,22 @@ void forward_train_impl(const TrainForwardArgs& a) {
   InPlace<P> running_mean(a.running_mean), running_var(a.running_var);
   A* save_mean = a.save_mean.data_ptr<A>();
   A* save_invstd = a.save_invstd.data_ptr<A>();
-  const T* x = a.input.data_ptr<T>();
-  T* y = a.output.data_ptr<T>();
+  const K* x = kptr<T>(a.input);
+  K* y = kptr_mut<T>(a.output);
   if (L.per_channel() == 0) {  // empty batch: nothing to normalize, running stats untouched
     a.save_mean.zero_();
     a.save_invstd.zero_();
     return;
   }
-  const double factor = running_factor<double>(
-      a.cumulative, a.momentum,
-      a.num_batches_tracked ? a.num_batches_tracked->data_ptr<int64_t>() : nullptr);
+  // momentum=None without a counter (track_running_stats=False): no running stats to update.
+  const bool has_counter = a.num_batches_tracked.has_value() && a.num_batches_tracked->defined();
+  const double factor =
+      (a.cumulative && !has_counter)
+          ? 1.0
+          : running_factor<double>(a.cumulative, a.momentum,
+                                   has_counter ? a.num_batches_tracked->data_ptr<int64_t>() : nullptr);
+  const int64_t esize = sizeof(T);
+  const bool serial = is_serial(L, esize);
 
   // Statistics → saved stats, running stats, transform. Per channel, so threads own channels.
   auto finish = [&](int64_t c, const Moments<double>& m) {
@@ -203,76 +227,95 @@ void forward_train_impl(const TrainForwardArgs& a) {
                                  factor);
     return channel_affine<A>(A(m.mean), A(invstd), weight, bias, c);
   };
-  auto normalize = [&](int64_t i, const ChannelAffine<A>& t) {
-    y[i] = T((A(x[i]) - t.center) * t.scale + t.shift);
-  };
 
   if (L.channels_last) {
+    // No blocking of the channel columns: it multiplies the phases and turns rows into
+    // strided accesses; measured slower on every ResNet shape.
     const int64_t R = L.per_channel(), rows = band_rows<T>(L), bands = (R + rows - 1) / rows;
-    std::vector<Moments<double>> parts(bands * L.C);
-    at::parallel_for(0, bands, 1, [&](int64_t b0, int64_t b1) {
-      std::vector<A> sum(L.C), center(L.C);
-      for (int64_t b = b0; b < b1; ++b) {
-        const int64_t r0 = b * rows, r1 = std::min(R, r0 + rows);
-        const double count = double(r1 - r0);
-        std::fill(sum.begin(), sum.end(), A(0));
-        for (int64_t r = r0; r < r1; ++r) {
-          const T* row = x + r * L.C;
-          for (int64_t c = 0; c < L.C; ++c) sum[c] += A(row[c]);
-        }
-        for (int64_t c = 0; c < L.C; ++c) center[c] = A(double(sum[c]) / count);
-        std::fill(sum.begin(), sum.end(), A(0));
-        for (int64_t r = r0; r < r1; ++r) {
-          const T* row = x + r * L.C;
-          for (int64_t c = 0; c < L.C; ++c) {
-            const A d = A(row[c]) - center[c];
-            sum[c] += d * d;
-          }
-        }
-        for (int64_t c = 0; c < L.C; ++c) parts[b * L.C + c] = {count, double(center[c]), double(sum[c])};
+    double* pmean = scratch(0, bands * L.C);
+    double* pm2 = scratch(1, bands * L.C);
+    AffineArrays<A> t(L.C);
+    std::vector<double> mmean(L.C), mm2(L.C);
+    // Merge the bands in order (Chan), channels in the inner loop.
+    auto merge = [&](int64_t m0, int64_t m1) {
+      double n = double(std::min(R, rows));
+      for (int64_t c = m0; c < m1; ++c) {
+        mmean[c] = pmean[c];
+        mm2[c] = pm2[c];
       }
-    });
-    std::vector<ChannelAffine<A>> affine(L.C);
-    at::parallel_for(0, L.C, 16, [&](int64_t c0, int64_t c1) {
-      for (int64_t c = c0; c < c1; ++c) {
-        Moments<double> m{0, 0, 0};
-        for (int64_t b = 0; b < bands; ++b) m = chan_merge(m, parts[b * L.C + c]);
-        affine[c] = finish(c, m);
+      for (int64_t b = 1; b < bands; ++b) {
+        const double nb = double(std::min(R, (b + 1) * rows) - b * rows), tot = n + nb, wb = nb / tot;
+        const double* bm = &pmean[b * L.C];
+        const double* bq = &pm2[b * L.C];
+        for (int64_t c = m0; c < m1; ++c) {
+          const double delta = bm[c] - mmean[c];
+          mmean[c] = mmean[c] + delta * wb;
+          mm2[c] = mm2[c] + bq[c] + delta * delta * n * wb;
+        }
+        n = tot;
       }
+      for (int64_t c = m0; c < m1; ++c) t.set(c, finish(c, {double(R), mmean[c], mm2[c]}));
+    };
+    team(serial, [&](int64_t id, int64_t T_, const auto& sync) {
+      const auto [b0, b1] = split(bands, id, T_);
+      for (int64_t b = b0; b < b1; ++b)
+        kern.nsc_moments(x, {L.C, b * rows, std::min(R, (b + 1) * rows), 0, L.C}, &pmean[b * L.C],
+                         &pm2[b * L.C]);
+      sync();
+      const auto [m0, m1] = split(L.C, id, T_);
+      merge(m0, m1);
+      sync();
+      if (b1 > b0)
+        kern.nsc_affine(x, y, {L.C, b0 * rows, std::min(R, b1 * rows), 0, L.C}, t.center.data(),
+                        t.scale.data(), t.shift.data());
     });
-    parallel_elementwise(L, [&](int64_t i, int64_t c) { normalize(i, affine[c]); });
     return;
   }
 
   const int64_t pieces = num_pieces(L), M = L.per_channel();
-  if (whole_channels_per_thread(L)) {
-    at::parallel_for(0, L.C, 1, [&](int64_t c0, int64_t c1) {
+  auto piece = [&](int64_t c, int64_t p) {
+    return NcsPiece{L.C, L.S, c, p * kPiece, std::min(M, (p + 1) * kPiece)};
+  };
+  auto moments = [&](int64_t c, int64_t p) {
+    const NcsPiece q = piece(c, p);
+    double o[2];
+    kern.ncs_moments(x, q, o);
+    return Moments<double>{double(q.j1 - q.j0), o[0], o[1]};
+  };
+  if (whole_channels_per_thread(L, esize, serial)) {
+    const bool prefetch = short_runs(L, esize);
+    par(serial, 0, L.C, [&](int64_t c0, int64_t c1) {
+      if (prefetch) prefetch_channel(x, L, c0);
       for (int64_t c = c0; c < c1; ++c) {
+        if (prefetch && c + 1 < c1) prefetch_channel(x, L, c + 1);
         Moments<double> m{0, 0, 0};
-        for (int64_t p = 0; p < pieces; ++p)
-          m = chan_merge(m, piece_moments(x, L, c, p * kPiece, std::min(M, (p + 1) * kPiece)));
+        for (int64_t p = 0; p < pieces; ++p) m = chan_merge(m, moments(c, p));
         const ChannelAffine<A> t = finish(c, m);
-        for_each_run(L, c, 0, M, [&](int64_t off, int64_t len) {
-          for (int64_t i = off; i < off + len; ++i) normalize(i, t);
-        });
+        kern.ncs_affine(x, y, {L.C, L.S, c, 0, M}, t.center, t.scale, t.shift);
       }
     });
     return;
   }
-  std::vector<Moments<double>> parts(L.C * pieces);
-  parallel_pieces(L, [&](int64_t c, int64_t p, int64_t j0, int64_t j1) {
-    parts[c * pieces + p] = piece_moments(x, L, c, j0, j1);
-  });
+  // Fewer channels than threads, or an uneven split: the pieces of all channels are spread
+  // over the threads; merge per channel behind a barrier; each thread normalizes its pieces.
+  const int64_t items = L.C * pieces;
+  std::vector<Moments<double>> parts(items);
   std::vector<ChannelAffine<A>> affine(L.C);
-  for (int64_t c = 0; c < L.C; ++c) {
-    Moments<double> m{0, 0, 0};
-    for (int64_t p = 0; p < pieces; ++p) m = chan_merge(m, parts[c * pieces + p]);
-    affine[c] = finish(c, m);
-  }
-  parallel_pieces(L, [&](int64_t c, int64_t, int64_t j0, int64_t j1) {
-    for_each_run(L, c, j0, j1, [&](int64_t off, int64_t len) {
-      for (int64_t i = off; i < off + len; ++i) normalize(i, affine[c]);
-    });
+  team(serial, [&](int64_t id, int64_t T_, const auto& sync) {
+    const auto [i0, i1] = split(items, id, T_);
+    for (int64_t i = i0; i < i1; ++i) parts[i] = moments(i / pieces, i % pieces);
+    sync();
+    const auto [m0, m1] = split(L.C, id, T_);
+    for (int64_t c = m0; c < m1; ++c) {
+      Moments<double> m{0, 0, 0};
+      for (int64_t p = 0; p < pieces; ++p) m = chan_merge(m, parts[c * pieces + p]);
+      affine[c] = finish(c, m);
+    }
+    sync();
+    for (int64_t i = i0; i < i1; ++i) {
+      const ChannelAffine<A>& t = affine[i / pieces];
+      kern.ncs_affine(x, y, piece(i / pieces, i % pieces), t.center, t.scale, t.shift);
+    }
   });
 }
 
@@ -281,23 +324,38 @@ void forward_train_impl(const TrainForwardArgs& a) {
 template <typename T, typename P>
 void forward_eval_impl(const EvalForwardArgs& a) {
   using A = acc_t<T>;
+  using K = k_t<T>;
+  const Kernels<K>& kern = kernels_for<K>();
   const Layout& L = a.layout;
   std::vector<at::Tensor> keep;
   const P* weight = ptr_or_null<P>(a.weight, keep);
   const P* bias = ptr_or_null<P>(a.bias, keep);
   const P* mean = ptr_or_null<P>(a.running_mean, keep);
   const P* var = ptr_or_null<P>(a.running_var, keep);
-  std::vector<ChannelAffine<A>> affine(L.C);
+  AffineArrays<A> t(L.C);
   for (int64_t c = 0; c < L.C; ++c) {
     const double invstd = invstd_from_var(double(var[c]), a.eps);
-    affine[c] = channel_affine<A>(A(mean[c]), A(invstd), weight, bias, c);
+    t.set(c, channel_affine<A>(A(mean[c]), A(invstd), weight, bias, c));
   }
-  const T* x = a.input.data_ptr<T>();
-  T* y = a.output.data_ptr<T>();
-  parallel_elementwise(L, [&](int64_t i, int64_t c) {
-    const ChannelAffine<A>& t = affine[c];
-    y[i] = T((A(x[i]) - t.center) * t.scale + t.shift);
-  });
+  const K* x = kptr<T>(a.input);
+  K* y = kptr_mut<T>(a.output);
+  if (L.numel() == 0) return;
+  const bool serial = is_serial(L, sizeof(T));
+  if (L.channels_last) {
+    const int64_t R = L.per_channel(), grain = std::max<int64_t>(1, 16384 / L.C);
+    auto body = [&](int64_t r0, int64_t r1) {
+      kern.nsc_affine(x, y, {L.C, r0, r1, 0, L.C}, t.center.data(), t.scale.data(), t.shift.data());
+    };
+    if (serial) body(0, R);
+    else at::parallel_for(0, R, grain, body);
+  } else {
+    const int64_t grain = std::max<int64_t>(1, 16384 / L.S);
+    auto body = [&](int64_t k0, int64_t k1) {
+      kern.ncs_affine_rows(x, y, L.C, L.S, k0, k1, t.center.data(), t.scale.data(), t.shift.data());
+    };
+    if (serial) body(0, L.N * L.C);
+    else at::parallel_for(0, L.N * L.C, grain, body);
+  }
 }
 
 // ---------------------------------------------------------------- backward
@@ -305,16 +363,20 @@ void forward_eval_impl(const EvalForwardArgs& a) {
 template <typename T, typename P>
 void backward_impl(const BackwardArgs& a) {
   using A = acc_t<T>;
+  using K = k_t<T>;
+  const Kernels<K>& kern = kernels_for<K>();
   const Layout& L = a.layout;
   std::vector<at::Tensor> keep;
   const P* weight = ptr_or_null<P>(a.weight, keep);
   const A* mean = ptr_or_null<A>(a.mean, keep);
   const A* invstd = ptr_or_null<A>(a.invstd, keep);
-  const T* x = a.input.data_ptr<T>();
-  const T* dy = a.grad_output.data_ptr<T>();
-  T* dx = a.grad_input.defined() ? a.grad_input.data_ptr<T>() : nullptr;
+  const K* x = kptr<T>(a.input);
+  const K* dy = kptr<T>(a.grad_output);
+  K* dx = a.grad_input.defined() ? kptr_mut<T>(a.grad_input) : nullptr;
   const bool want_sums = (a.training && dx) || a.grad_weight.defined() || a.grad_bias.defined();
   const double count = double(L.per_channel());
+  const int64_t esize = sizeof(T);
+  const bool serial = is_serial(L, 2 * esize);
 
   // (Σdy, Σdy·(x − mean)) → dweight, dbias and the per-channel dx coefficients.
   auto finish = [&](int64_t c, double sum_dy, double sum_dy_xmu) {
@@ -325,91 +387,125 @@ void backward_impl(const BackwardArgs& a) {
     if (count == 0) return BackwardCoefs<A>{A(0), A(0), A(0)};
     return train_backward_coefs<A>(w, invstd[c], A(sum_dy), A(sum_dy_xmu), A(count));
   };
-  auto grad_input = [&](int64_t i, int64_t c, const BackwardCoefs<A>& k) {
-    dx[i] = T(A(dy[i]) * k.dy_scale + (A(x[i]) - mean[c]) * k.xmu_scale + k.shift);
+  AffineArrays<A> k(L.C);  // {dy_scale, xmu_scale, shift} per channel
+  auto set_coefs = [&](int64_t c, const BackwardCoefs<A>& b) {
+    k.center[c] = b.dy_scale;
+    k.scale[c] = b.xmu_scale;
+    k.shift[c] = b.shift;
   };
-  auto piece_sums = [&](int64_t c, int64_t j0, int64_t j1) {
-    std::array<double, 2> s{};
-    const A m = mean[c];
-    for_each_run(L, c, j0, j1, [&](int64_t off, int64_t len) {
-      const T *px = x + off, *pdy = dy + off;
-      const auto r = lane_sums<A, 2>(len, [=](int64_t i) {
-        const A g = A(pdy[i]);
-        return std::array<A, 2>{g, g * (A(px[i]) - m)};
-      });
-      s[0] += r[0];
-      s[1] += r[1];
-    });
-    return s;
-  };
+  if (L.numel() == 0) {
+    for (int64_t c = 0; c < L.C; ++c) set_coefs(c, finish(c, 0, 0));
+    return;
+  }
 
-  std::vector<BackwardCoefs<A>> coefs(L.C);
-  if (!want_sums) {
-    for (int64_t c = 0; c < L.C; ++c) coefs[c] = finish(c, 0, 0);
-  } else if (L.channels_last) {
-    const int64_t R = L.per_channel(), rows = band_rows<T>(L), bands = std::max<int64_t>(1, (R + rows - 1) / rows);
-    std::vector<double> parts(bands * L.C * 2, 0.0);
-    at::parallel_for(0, bands, 1, [&](int64_t b0, int64_t b1) {
-      std::vector<A> sdy(L.C), sdyx(L.C);
-      for (int64_t b = b0; b < b1; ++b) {
-        std::fill(sdy.begin(), sdy.end(), A(0));
-        std::fill(sdyx.begin(), sdyx.end(), A(0));
-        for (int64_t r = b * rows, r1 = std::min(R, r + rows); r < r1; ++r) {
-          const T *row_x = x + r * L.C, *row_dy = dy + r * L.C;
-          for (int64_t c = 0; c < L.C; ++c) {
-            const A g = A(row_dy[c]);
-            sdy[c] += g;
-            sdyx[c] += g * (A(row_x[c]) - mean[c]);
+  if (L.channels_last) {
+    const int64_t R = L.per_channel();
+    auto dx_pass = [&](int64_t c0, int64_t c1, int64_t rows, int64_t bands) {
+      par(serial, 0, bands, [&](int64_t b0, int64_t b1) {
+        kern.nsc_bwd_dx(x, dy, dx, {L.C, b0 * rows, std::min(R, b1 * rows), c0, c1}, mean,
+                        k.center.data(), k.scale.data(), k.shift.data());
+      });
+    };
+    if (!want_sums) {
+      for (int64_t c = 0; c < L.C; ++c) set_coefs(c, finish(c, 0, 0));
+      if (dx) dx_pass(0, L.C, std::max<int64_t>(1, 16384 / L.C), (R + std::max<int64_t>(1, 16384 / L.C) - 1) / std::max<int64_t>(1, 16384 / L.C));
+      return;
+    }
+    const int64_t rows = band_rows<T>(L), bands = (R + rows - 1) / rows;
+    double* p0 = scratch(0, bands * L.C);
+    double* p1 = scratch(1, bands * L.C);
+    team(serial, [&](int64_t id, int64_t T_, const auto& sync) {
+      const auto [b0, b1] = split(bands, id, T_);
+      for (int64_t b = b0; b < b1; ++b)
+        kern.nsc_bwd_sums(x, dy, {L.C, b * rows, std::min(R, (b + 1) * rows), 0, L.C}, mean,
+                          &p0[b * L.C], &p1[b * L.C]);
+      sync();
+      const auto [m0, m1] = split(L.C, id, T_);
+      if (m1 > m0) {
+        std::vector<double> s0(p0 + m0, p0 + m1), s1(p1 + m0, p1 + m1);
+        for (int64_t b = 1; b < bands; ++b) {
+          const double *q0 = &p0[b * L.C + m0], *q1 = &p1[b * L.C + m0];
+          for (int64_t c = 0; c < m1 - m0; ++c) {
+            s0[c] += q0[c];
+            s1[c] += q1[c];
           }
         }
-        for (int64_t c = 0; c < L.C; ++c) {
-          parts[(b * L.C + c) * 2] = sdy[c];
-          parts[(b * L.C + c) * 2 + 1] = sdyx[c];
-        }
+        for (int64_t c = m0; c < m1; ++c) set_coefs(c, finish(c, s0[c - m0], s1[c - m0]));
       }
+      sync();
+      if (dx && b1 > b0)
+        kern.nsc_bwd_dx(x, dy, dx, {L.C, b0 * rows, std::min(R, b1 * rows), 0, L.C}, mean,
+                        k.center.data(), k.scale.data(), k.shift.data());
     });
-    for (int64_t c = 0; c < L.C; ++c) {
-      double s0 = 0, s1 = 0;
-      for (int64_t b = 0; b < bands; ++b) {
-        s0 += parts[(b * L.C + c) * 2];
-        s1 += parts[(b * L.C + c) * 2 + 1];
+    return;
+  }
+
+  const int64_t pieces = num_pieces(L), M = L.per_channel();
+  auto piece = [&](int64_t c, int64_t p) {
+    return NcsPiece{L.C, L.S, c, p * kPiece, std::min(M, (p + 1) * kPiece)};
+  };
+  auto dx_piece = [&](int64_t c, const NcsPiece& q) {
+    kern.ncs_bwd_dx(x, dy, dx, q, mean[c], k.center[c], k.scale[c], k.shift[c]);
+  };
+  if (!want_sums) {
+    for (int64_t c = 0; c < L.C; ++c) set_coefs(c, finish(c, 0, 0));
+    if (!dx) return;
+    const int64_t grain = std::max<int64_t>(1, 16384 / L.S);
+    auto body = [&](int64_t k0, int64_t k1) {
+      for (int64_t i = k0; i < k1; ++i) {
+        const int64_t n = i / L.C, c = i % L.C;
+        dx_piece(c, {L.C, L.S, c, n * L.S, (n + 1) * L.S});
       }
-      coefs[c] = finish(c, s0, s1);
-    }
-  } else if (whole_channels_per_thread(L)) {
+    };
+    if (serial) body(0, L.N * L.C);
+    else at::parallel_for(0, L.N * L.C, grain, body);
+    return;
+  }
+  auto sums = [&](int64_t c, int64_t p) {
+    std::array<double, 2> s;
+    kern.ncs_bwd_sums(x, dy, piece(c, p), mean[c], s.data());
+    return s;
+  };
+  if (whole_channels_per_thread(L, 2 * esize, serial)) {
     // Reductions then dx per channel, while the channel is still in cache.
-    const int64_t pieces = num_pieces(L), M = L.per_channel();
-    at::parallel_for(0, L.C, 1, [&](int64_t c0, int64_t c1) {
+    const bool prefetch = short_runs(L, esize);
+    par(serial, 0, L.C, [&](int64_t c0, int64_t c1) {
       for (int64_t c = c0; c < c1; ++c) {
+        if (prefetch && c + 1 < c1) {
+          prefetch_channel(x, L, c + 1);
+          prefetch_channel(dy, L, c + 1);
+        }
         double s0 = 0, s1 = 0;
         for (int64_t p = 0; p < pieces; ++p) {
-          const auto s = piece_sums(c, p * kPiece, std::min(M, (p + 1) * kPiece));
+          const auto s = sums(c, p);
           s0 += s[0];
           s1 += s[1];
         }
-        coefs[c] = finish(c, s0, s1);
-        if (dx) for_each_run(L, c, 0, M, [&](int64_t off, int64_t len) {
-          for (int64_t i = off; i < off + len; ++i) grad_input(i, c, coefs[c]);
-        });
+        set_coefs(c, finish(c, s0, s1));
+        if (dx) dx_piece(c, {L.C, L.S, c, 0, M});
       }
     });
     return;
-  } else {
-    const int64_t pieces = num_pieces(L);
-    std::vector<std::array<double, 2>> parts(L.C * pieces);
-    parallel_pieces(L, [&](int64_t c, int64_t p, int64_t j0, int64_t j1) {
-      parts[c * pieces + p] = piece_sums(c, j0, j1);
-    });
-    for (int64_t c = 0; c < L.C; ++c) {
+  }
+  const int64_t items = L.C * pieces;
+  std::vector<std::array<double, 2>> parts(items);
+  team(serial, [&](int64_t id, int64_t T_, const auto& sync) {
+    const auto [i0, i1] = split(items, id, T_);
+    for (int64_t i = i0; i < i1; ++i) parts[i] = sums(i / pieces, i % pieces);
+    sync();
+    const auto [m0, m1] = split(L.C, id, T_);
+    for (int64_t c = m0; c < m1; ++c) {
       double s0 = 0, s1 = 0;
       for (int64_t p = 0; p < pieces; ++p) {
         s0 += parts[c * pieces + p][0];
         s1 += parts[c * pieces + p][1];
       }
-      coefs[c] = finish(c, s0, s1);
+      set_coefs(c, finish(c, s0, s1));
     }
-  }
-  if (dx) parallel_elementwise(L, [&](int64_t i, int64_t c) { grad_input(i, c, coefs[c]); });
+    sync();
+    if (dx)
+      for (int64_t i = i0; i < i1; ++i) dx_piece(i / pieces, piece(i / pieces, i % pieces));
+  });
 }
 
 // Calls f.template operator()<T, P>() for the input dtype T and parameter dtype P (T itself, or

@@ -1,0 +1,78 @@
+// The vectorized inner loops of the CPU backend, compiled once per instruction set
+// (kernels_default.cpp, kernels_avx2.cpp, kernels_avx512.cpp all include kernels_impl.h) and
+// picked at run time (select_kernels). Threading, per-channel math and the fixed merge order
+// live in batch_norm_cpu.cpp; a kernel only loops over one piece, band or run.
+//
+// This header and kernels_impl.h include no torch headers: the ISA-specific translation units
+// must not emit (and let the linker pick) AVX-512 copies of inline functions that the rest of
+// the extension also uses.
+#pragma once
+
+#include <cstdint>
+
+namespace fastbn::cpu {
+
+// Storage of the 16-bit types (bit-compatible with c10::BFloat16 / c10::Half).
+struct bf16_t { uint16_t x; };
+struct half_t { uint16_t x; };
+
+template <typename T> struct KAcc { using type = float; };
+template <> struct KAcc<double> { using type = double; };
+
+// Element (n, c, s) of an NCS tensor is at (n·C + c)·S + s; a "piece" of channel c is the flat
+// per-channel index range [j0, j1) of its N·S elements (a sequence of contiguous runs).
+struct NcsPiece {
+  int64_t C, S;
+  int64_t c, j0, j1;
+};
+
+// Rows [r0, r1) and channel columns [c0, c1) of an NSC tensor (rows of C elements).
+struct NscBlock {
+  int64_t C;
+  int64_t r0, r1, c0, c1;
+};
+
+template <typename T>
+struct Kernels {
+  using A = typename KAcc<T>::type;
+  // Exact two-pass moments of a piece: out = {mean, M2} (count is j1 − j0).
+  void (*ncs_moments)(const T* x, const NcsPiece& p, double* out);
+  // y = (x − center)·scale + shift over a piece.
+  void (*ncs_affine)(const T* x, T* y, const NcsPiece& p, A center, A scale, A shift);
+  // Eval: rows k in [k0, k1) of S contiguous elements (row k = n·C + c), parameters of c.
+  void (*ncs_affine_rows)(const T* x, T* y, int64_t C, int64_t S, int64_t k0, int64_t k1,
+                          const A* center, const A* scale, const A* shift);
+  // out = {Σdy, Σdy·(x − mean)} over a piece.
+  void (*ncs_bwd_sums)(const T* x, const T* dy, const NcsPiece& p, A mean, double* out);
+  // dx = dy·k0 + (x − mean)·k1 + k2 over a piece.
+  void (*ncs_bwd_dx)(const T* x, const T* dy, T* dx, const NcsPiece& p, A mean, A k0, A k1, A k2);
+  // Per channel c in [c0, c1): exact two-pass mean and M2 of the block's rows, written to
+  // mean[c − c0], m2[c − c0].
+  void (*nsc_moments)(const T* x, const NscBlock& b, double* mean, double* m2);
+  // y = (x − center[c])·scale[c] + shift[c] over the block (parameter arrays indexed by c).
+  void (*nsc_affine)(const T* x, T* y, const NscBlock& b, const A* center, const A* scale,
+                     const A* shift);
+  // Per channel: s0[c − c0] = Σdy, s1[c − c0] = Σdy·(x − mean[c]).
+  void (*nsc_bwd_sums)(const T* x, const T* dy, const NscBlock& b, const A* mean, double* s0,
+                       double* s1);
+  // dx = dy·k0[c] + (x − mean[c])·k1[c] + k2[c] over the block.
+  void (*nsc_bwd_dx)(const T* x, const T* dy, T* dx, const NscBlock& b, const A* mean,
+                     const A* k0, const A* k1, const A* k2);
+};
+
+struct KernelTable {
+  const char* isa;
+  Kernels<float> f32;
+  Kernels<double> f64;
+  Kernels<bf16_t> bf16;
+  Kernels<half_t> f16;
+};
+
+const KernelTable& kernels_default();
+const KernelTable& kernels_avx2();
+const KernelTable& kernels_avx512();
+
+// The best table this CPU supports (FASTBN_CPU_ISA=default|avx2|avx512 caps it).
+const KernelTable& select_kernels();
+
+}  // namespace fastbn::cpu
