@@ -14,7 +14,9 @@
 #error "define FASTBN_ISA_NS before including kernels_impl.h"
 #endif
 
+#if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#endif
 
 #include <cstdint>
 #include <cstring>
