@@ -14,7 +14,9 @@
 #error "define FASTBN_ISA_NS before including kernels_impl.h"
 #endif
 
+#if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#endif
 
 #include <cstdint>
 #include <cstring>
@@ -490,10 +492,43 @@ FI int64_t for_col_chunks(int64_t c0, int64_t c1, const F& f) {
 
 // Elementwise NSC kernels run row-major over the block's full width (the order the hardware
 // prefetchers follow best); the per-channel parameters are L1-resident loads.
+// Whole rows of fewer than W channels: the block is one contiguous stream whose parameters
+// repeat every P = lcm(C, W) elements; P/W parameter vectors cover a period.
+template <typename T, typename A>
+void nsc_affine_narrow(const T* x, T* y, const NscBlock& b, const A* center, const A* scale,
+                       const A* shift) {
+  using V = typename VecOf<A>::V;
+  constexpr int W = VecOf<A>::W;
+  int64_t g = b.C, h = W;
+  while (h) { const int64_t t = g % h; g = h; h = t; }
+  const int64_t P = b.C / g * W, nvp = P / W;  // P ≤ (W − 1)·W
+  alignas(64) A pc[W * W], ps[W * W], ph[W * W];
+  for (int64_t i = 0; i < P; ++i) {
+    pc[i] = center[i % b.C];
+    ps[i] = scale[i % b.C];
+    ph[i] = shift[i % b.C];
+  }
+  const int64_t e0 = b.r0 * b.C, e1 = b.r1 * b.C;
+  int64_t i = e0;
+  for (; i + P <= e1; i += P)
+    for (int64_t j = 0; j < nvp; ++j) {
+      const int64_t o = j * W;
+      vstore(y + i + o, (vload(x + i + o) - vload(pc + o)) * vload(ps + o) + vload(ph + o));
+    }
+  for (; i < e1; ++i) {
+    const int64_t c = (i - e0) % b.C;
+    sstore(y + i, (sload(x + i) - center[c]) * scale[c] + shift[c]);
+  }
+}
+
 template <typename T, typename A>
 void nsc_affine(const T* x, T* y, const NscBlock& b, const A* center, const A* scale,
                 const A* shift) {
   constexpr int W = VecOf<A>::W;
+  if (b.C < W && b.c0 == 0 && b.c1 == b.C && b.r1 - b.r0 >= W) {
+    nsc_affine_narrow(x, y, b, center, scale, shift);
+    return;
+  }
   const int64_t n = b.c1 - b.c0, nv = n / W;
   const A *cc = center + b.c0, *sc = scale + b.c0, *sh = shift + b.c0;
   for (int64_t r = b.r0; r < b.r1; ++r) {
