@@ -406,6 +406,21 @@ __device__ void lane_coefs(const typename Op::Params& p, const Grid& g,
   }, k);
 }
 
+// The reduction phase both reduce_kernel and persistent_kernel start with: accumulate this
+// block's items (keeping them in `keep` if given), combine them per channel, publish the
+// block's partials.
+template <typename Op, bool kChannelsLast, int V>
+__device__ void block_partials(const typename Op::Params& p, const Grid& g,
+                               const Tile<kChannelsLast, V>& tile, Item<Op, V>* keep,
+                               typename Op::A* partials) {
+  __shared__ typename Op::Acc scratch[scratch_size<Op, kChannelsLast, V>()];
+  __shared__ Coefs<typename Op::A> shared[tile_channels_max<kChannelsLast, V>()];
+  typename Op::Acc acc[V];
+  accumulate<Op, kChannelsLast, V>(p, tile, acc, keep, shared);
+  block_reduce<Op, kChannelsLast, V>(acc, scratch);
+  store_partials<Op>(g, tile, acc, partials);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Kernels. Grid: (channel tiles, splits); block: (kBlockThreads) for NCS, (tx, ty) for NSC.
 
@@ -413,14 +428,9 @@ template <typename Op, bool kChannelsLast, int V>
 __global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
 reduce_kernel(const typename Op::Params p, const Grid g, typename Op::A* partials,
               typename Op::A* coefs, unsigned* counters) {
-  __shared__ typename Op::Acc scratch[scratch_size<Op, kChannelsLast, V>()];
   __shared__ bool last_block;
-  __shared__ Coefs<typename Op::A> shared[tile_channels_max<kChannelsLast, V>()];
   const Tile<kChannelsLast, V> tile(g, blockIdx.y);
-  typename Op::Acc acc[V];
-  accumulate<Op, kChannelsLast, V>(p, tile, acc, nullptr, shared);
-  block_reduce<Op, kChannelsLast, V>(acc, scratch);
-  store_partials<Op>(g, tile, acc, partials);
+  block_partials<Op, kChannelsLast, V>(p, g, tile, nullptr, partials);
   // Publish the partials, then count arrivals; atomicInc wraps to 0 at splits − 1, so the
   // counter is ready for the next call without a memset.
   __threadfence();
@@ -448,15 +458,11 @@ template <typename Op, bool kChannelsLast, int V>
 __global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
 persistent_kernel(const typename Op::Params p, const Grid g, typename Op::A* partials,
                   typename Op::A* coefs, unsigned* grid_barrier) {
-  __shared__ typename Op::Acc scratch[scratch_size<Op, kChannelsLast, V>()];
   using KeptItem = Item<Op, V>;
   FASTBN_DYNAMIC_SMEM(KeptItem, keep);
   __shared__ Coefs<typename Op::A> shared[tile_channels_max<kChannelsLast, V>()];
   const Tile<kChannelsLast, V> tile(g, blockIdx.y);
-  typename Op::Acc acc[V];
-  accumulate<Op, kChannelsLast, V>(p, tile, acc, keep, shared);
-  block_reduce<Op, kChannelsLast, V>(acc, scratch);
-  store_partials<Op>(g, tile, acc, partials);
+  block_partials<Op, kChannelsLast, V>(p, g, tile, keep, partials);
   fastbn_grid_sync(grid_barrier);
   if (blockIdx.y == 0) finish_tile<Op>(p, g, tile, partials, coefs);
   fastbn_grid_sync(grid_barrier);
