@@ -26,6 +26,22 @@ def _grads(model):
     return {n: p.grad.detach().clone() for n, p in model.named_parameters()}
 
 
+def _step_matches(eager, compiled, x, dy, forward_op):
+    """Forward + backward through eager and compiled on copies of x: same output and input
+    gradient, and the compiled graph still calls fastbn's operators."""
+    xe = x.clone().requires_grad_()
+    xc = x.clone().requires_grad_()
+    ye = eager(xe)
+    ye.backward(dy)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        yc = compiled(xc)
+        yc.backward(dy)
+    called = {e.key for e in prof.key_averages()}
+    assert forward_op in called and "fastbn::batch_norm_backward" in called, sorted(called)
+    torch.testing.assert_close(yc, ye)
+    torch.testing.assert_close(xc.grad, xe.grad)
+
+
 @pytest.mark.parametrize(
     "momentum,memory_format",
     [(0.1, torch.contiguous_format), (None, torch.channels_last)],
@@ -49,17 +65,7 @@ def test_compile_fullgraph_matches_eager(fb, gen, monkeypatch, momentum, memory_
         for step in range(2):
             for m in (eager, model):
                 m.zero_grad(set_to_none=True)
-            xe = (x + step).requires_grad_()
-            xc = (x + step).requires_grad_()
-            ye = eager(xe)
-            ye.backward(dy)
-            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-                yc = compiled(xc)
-                yc.backward(dy)
-            called = {e.key for e in prof.key_averages()}
-            assert "fastbn::batch_norm_train" in called and "fastbn::batch_norm_backward" in called, sorted(called)
-            torch.testing.assert_close(yc, ye)
-            torch.testing.assert_close(xc.grad, xe.grad)
+            _step_matches(eager, compiled, x + step, dy, "fastbn::batch_norm_train")
             ge, gc = _grads(eager), _grads(model)
             assert ge.keys() == gc.keys()
             for k in ge:
@@ -72,20 +78,9 @@ def test_compile_fullgraph_matches_eager(fb, gen, monkeypatch, momentum, memory_
         # eval
         eager.eval()
         model.eval()
-        xe = x.clone().requires_grad_()
-        xc = x.clone().requires_grad_()
         with torch.no_grad():
             torch.testing.assert_close(compiled(x), eager(x))
-        ye = eager(xe)
-        ye.backward(dy)
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-            yc = compiled(xc)
-            yc.backward(dy)
-        called = {e.key for e in prof.key_averages()}
-        # the compiled graph still calls fastbn's operators
-        assert "fastbn::batch_norm_eval" in called and "fastbn::batch_norm_backward" in called, sorted(called)
-        torch.testing.assert_close(yc, ye)
-        torch.testing.assert_close(xc.grad, xe.grad)
+        _step_matches(eager, compiled, x, dy, "fastbn::batch_norm_eval")
         torch.testing.assert_close(model.bn.num_batches_tracked, torch.tensor(2), rtol=0, atol=0)
         torch.testing.assert_close(model.bn.running_mean, eager.bn.running_mean)
     finally:

@@ -110,6 +110,24 @@ inline std::pair<int64_t, int64_t> split(int64_t n, int64_t t, int64_t T) {
   return {n * t / T, n * (t + 1) / T};
 }
 
+// The one parallel region of every split reduction: each thread reduces its share of the
+// items (NCS pieces or NSC bands) into partials; barrier; each thread merges the partials of its
+// share of the channels (in item order, so results do not depend on the split) and finishes
+// them; barrier; each thread writes the output of the items it reduced, still in its cache.
+template <typename Reduce, typename Merge, typename Apply>
+void reduce_merge_apply(bool serial, int64_t items, int64_t channels, const Reduce& reduce,
+                        const Merge& merge, const Apply& apply) {
+  team(serial, [&](int64_t id, int64_t T, const auto& sync) {
+    const auto [i0, i1] = split(items, id, T);
+    reduce(i0, i1);
+    sync();
+    const auto [m0, m1] = split(channels, id, T);
+    merge(m0, m1);
+    sync();
+    apply(i0, i1);
+  });
+}
+
 int64_t num_pieces(const Layout& L) { return std::max<int64_t>(1, (L.per_channel() + kPiece - 1) / kPiece); }
 
 // Whole channels per thread (one parallel region; a channel re-read from L2 when it fits
@@ -256,19 +274,19 @@ void forward_train_impl(const TrainForwardArgs& a) {
       }
       for (int64_t c = m0; c < m1; ++c) t.set(c, finish(c, {double(R), mmean[c], mm2[c]}));
     };
-    team(serial, [&](int64_t id, int64_t T_, const auto& sync) {
-      const auto [b0, b1] = split(bands, id, T_);
-      for (int64_t b = b0; b < b1; ++b)
-        kern.nsc_moments(x, {L.C, b * rows, std::min(R, (b + 1) * rows), 0, L.C}, &pmean[b * L.C],
-                         &pm2[b * L.C]);
-      sync();
-      const auto [m0, m1] = split(L.C, id, T_);
-      merge(m0, m1);
-      sync();
-      if (b1 > b0)
-        kern.nsc_affine(x, y, {L.C, b0 * rows, std::min(R, b1 * rows), 0, L.C}, t.center.data(),
-                        t.scale.data(), t.shift.data());
-    });
+    reduce_merge_apply(
+        serial, bands, L.C,
+        [&](int64_t b0, int64_t b1) {
+          for (int64_t b = b0; b < b1; ++b)
+            kern.nsc_moments(x, {L.C, b * rows, std::min(R, (b + 1) * rows), 0, L.C},
+                             &pmean[b * L.C], &pm2[b * L.C]);
+        },
+        merge,
+        [&](int64_t b0, int64_t b1) {
+          if (b1 > b0)
+            kern.nsc_affine(x, y, {L.C, b0 * rows, std::min(R, b1 * rows), 0, L.C},
+                            t.center.data(), t.scale.data(), t.shift.data());
+        });
     return;
   }
 
@@ -301,22 +319,24 @@ void forward_train_impl(const TrainForwardArgs& a) {
   const int64_t items = L.C * pieces;
   std::vector<Moments<double>> parts(items);
   std::vector<ChannelAffine<A>> affine(L.C);
-  team(serial, [&](int64_t id, int64_t T_, const auto& sync) {
-    const auto [i0, i1] = split(items, id, T_);
-    for (int64_t i = i0; i < i1; ++i) parts[i] = moments(i / pieces, i % pieces);
-    sync();
-    const auto [m0, m1] = split(L.C, id, T_);
-    for (int64_t c = m0; c < m1; ++c) {
-      Moments<double> m{0, 0, 0};
-      for (int64_t p = 0; p < pieces; ++p) m = chan_merge(m, parts[c * pieces + p]);
-      affine[c] = finish(c, m);
-    }
-    sync();
-    for (int64_t i = i0; i < i1; ++i) {
-      const ChannelAffine<A>& t = affine[i / pieces];
-      kern.ncs_affine(x, y, piece(i / pieces, i % pieces), t.center, t.scale, t.shift);
-    }
-  });
+  reduce_merge_apply(
+      serial, items, L.C,
+      [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i) parts[i] = moments(i / pieces, i % pieces);
+      },
+      [&](int64_t m0, int64_t m1) {
+        for (int64_t c = m0; c < m1; ++c) {
+          Moments<double> m{0, 0, 0};
+          for (int64_t p = 0; p < pieces; ++p) m = chan_merge(m, parts[c * pieces + p]);
+          affine[c] = finish(c, m);
+        }
+      },
+      [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i) {
+          const ChannelAffine<A>& t = affine[i / pieces];
+          kern.ncs_affine(x, y, piece(i / pieces, i % pieces), t.center, t.scale, t.shift);
+        }
+      });
 }
 
 // ---------------------------------------------------------------- eval forward
@@ -414,29 +434,30 @@ void backward_impl(const BackwardArgs& a) {
     const int64_t rows = band_rows<T>(L), bands = (R + rows - 1) / rows;
     double* p0 = scratch(0, bands * L.C);
     double* p1 = scratch(1, bands * L.C);
-    team(serial, [&](int64_t id, int64_t T_, const auto& sync) {
-      const auto [b0, b1] = split(bands, id, T_);
-      for (int64_t b = b0; b < b1; ++b)
-        kern.nsc_bwd_sums(x, dy, {L.C, b * rows, std::min(R, (b + 1) * rows), 0, L.C}, mean,
-                          &p0[b * L.C], &p1[b * L.C]);
-      sync();
-      const auto [m0, m1] = split(L.C, id, T_);
-      if (m1 > m0) {
-        std::vector<double> s0(p0 + m0, p0 + m1), s1(p1 + m0, p1 + m1);
-        for (int64_t b = 1; b < bands; ++b) {
-          const double *q0 = &p0[b * L.C + m0], *q1 = &p1[b * L.C + m0];
-          for (int64_t c = 0; c < m1 - m0; ++c) {
-            s0[c] += q0[c];
-            s1[c] += q1[c];
+    reduce_merge_apply(
+        serial, bands, L.C,
+        [&](int64_t b0, int64_t b1) {
+          for (int64_t b = b0; b < b1; ++b)
+            kern.nsc_bwd_sums(x, dy, {L.C, b * rows, std::min(R, (b + 1) * rows), 0, L.C}, mean,
+                              &p0[b * L.C], &p1[b * L.C]);
+        },
+        [&](int64_t m0, int64_t m1) {
+          if (m1 <= m0) return;
+          std::vector<double> s0(p0 + m0, p0 + m1), s1(p1 + m0, p1 + m1);
+          for (int64_t b = 1; b < bands; ++b) {
+            const double *q0 = &p0[b * L.C + m0], *q1 = &p1[b * L.C + m0];
+            for (int64_t c = 0; c < m1 - m0; ++c) {
+              s0[c] += q0[c];
+              s1[c] += q1[c];
+            }
           }
-        }
-        for (int64_t c = m0; c < m1; ++c) set_coefs(c, finish(c, s0[c - m0], s1[c - m0]));
-      }
-      sync();
-      if (dx && b1 > b0)
-        kern.nsc_bwd_dx(x, dy, dx, {L.C, b0 * rows, std::min(R, b1 * rows), 0, L.C}, mean,
-                        k.center.data(), k.scale.data(), k.shift.data());
-    });
+          for (int64_t c = m0; c < m1; ++c) set_coefs(c, finish(c, s0[c - m0], s1[c - m0]));
+        },
+        [&](int64_t b0, int64_t b1) {
+          if (dx && b1 > b0)
+            kern.nsc_bwd_dx(x, dy, dx, {L.C, b0 * rows, std::min(R, b1 * rows), 0, L.C}, mean,
+                            k.center.data(), k.scale.data(), k.shift.data());
+        });
     return;
   }
 
@@ -489,23 +510,25 @@ void backward_impl(const BackwardArgs& a) {
   }
   const int64_t items = L.C * pieces;
   std::vector<std::array<double, 2>> parts(items);
-  team(serial, [&](int64_t id, int64_t T_, const auto& sync) {
-    const auto [i0, i1] = split(items, id, T_);
-    for (int64_t i = i0; i < i1; ++i) parts[i] = sums(i / pieces, i % pieces);
-    sync();
-    const auto [m0, m1] = split(L.C, id, T_);
-    for (int64_t c = m0; c < m1; ++c) {
-      double s0 = 0, s1 = 0;
-      for (int64_t p = 0; p < pieces; ++p) {
-        s0 += parts[c * pieces + p][0];
-        s1 += parts[c * pieces + p][1];
-      }
-      set_coefs(c, finish(c, s0, s1));
-    }
-    sync();
-    if (dx)
-      for (int64_t i = i0; i < i1; ++i) dx_piece(i / pieces, piece(i / pieces, i % pieces));
-  });
+  reduce_merge_apply(
+      serial, items, L.C,
+      [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i) parts[i] = sums(i / pieces, i % pieces);
+      },
+      [&](int64_t m0, int64_t m1) {
+        for (int64_t c = m0; c < m1; ++c) {
+          double s0 = 0, s1 = 0;
+          for (int64_t p = 0; p < pieces; ++p) {
+            s0 += parts[c * pieces + p][0];
+            s1 += parts[c * pieces + p][1];
+          }
+          set_coefs(c, finish(c, s0, s1));
+        }
+      },
+      [&](int64_t i0, int64_t i1) {
+        if (dx)
+          for (int64_t i = i0; i < i1; ++i) dx_piece(i / pieces, piece(i / pieces, i % pieces));
+      });
 }
 
 // Calls f.template operator()<T, P>() for the input dtype T and parameter dtype P (T itself, or
