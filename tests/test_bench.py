@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from fastbn.bench import cases, report
+from fastbn.bench import allocator, cases, report
 
 PROVIDERS = {"fastbn", "eager", "compile", "copy_"}
 ROW_KEYS = {"op", "provider", "mode", "shape", "dtype", "layout", "device", "torch_version",
@@ -53,6 +53,41 @@ def test_rows_have_keys_providers_and_positive_times(tiny_run):
             assert r["speedup_vs_eager"] > 0 and r["speedup_vs_compile"] > 0
     assert data["machine"]["cpu_capability"] and data["machine"]["torch_threads"] >= 1
     assert data["settings"]["rounds"] == 2
+    assert data["machine"]["cpu_allocator"].startswith("steady")
+
+
+FAULTS = """
+import resource, torch
+from fastbn.bench import allocator
+print(allocator.in_effect())
+n = 48 << 20  # above glibc's largest mmap threshold (32 MiB)
+for _ in range(3):  # outputs allocated, written and freed, as by the timed calls
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.empty(n, dtype=torch.uint8).fill_(1)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.parametrize("policy", ["steady", "system"])
+def test_steady_allocator_policy_spares_large_outputs_their_page_faults(policy):
+    """The environment the harness re-executes itself with under "steady" (checked in
+    tiny_run) makes the third 48 MiB output reuse the memory of the previous ones."""
+    env = dict(os.environ)
+    env.pop("GLIBC_TUNABLES", None)
+    env.pop("FASTBN_BENCH_ALLOCATOR", None)
+    if policy == "steady":
+        env.update(GLIBC_TUNABLES=allocator._with_tunables(None),
+                   FASTBN_BENCH_ALLOCATOR="steady")
+    proc = subprocess.run([sys.executable, "-c", FAULTS], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    effect, faults = proc.stdout.splitlines()[-2:]
+    assert effect.startswith(policy)
+    pages = (48 << 20) // 4096
+    if policy == "steady":
+        assert int(faults) < pages // 20, faults   # the freed block is reused
+    else:
+        assert int(faults) > pages // 2, faults    # a fresh mapping, faulted in page by page
 
 
 def test_table_csv_and_plot_written(tiny_run):

@@ -11,9 +11,12 @@
 //   of all channels are spread over the threads, merged per channel behind a barrier, and each
 //   thread normalizes the pieces it reduced.
 // - NSC (channels_last): bands of rows (their size depends only on C and the dtype); per band
-//   and channel exact two-pass moments (vector lanes = channels); band moments merged per channel
-//   in band order behind a barrier; each thread then normalizes its own bands (X read twice: the second read
-//   comes from L3 when the thread's share is larger than its L2).
+//   and channel the moments (vector lanes = channels; rows of up to 4 vectors in one pass
+//   shifted by a sample, wider rows in two exact passes, see nsc_moments); band moments merged
+//   per channel in band order behind a barrier; each thread then normalizes its own bands, last
+//   read first, so that the second read of X finds the most recently reduced bands still in
+//   L2/L3.
+// Outputs larger than half the last-level cache are written with non-temporal stores.
 // The decomposition into pieces and bands never depends on the thread count or the path, so
 // results are identical run to run, for any number of threads.
 #include "cpu/batch_norm_cpu.h"
@@ -29,6 +32,7 @@
 #include <omp.h>
 #endif
 #include <array>
+#include <cstdio>
 #include <vector>
 
 #include "cpu/kernels.h"
@@ -143,6 +147,35 @@ int64_t band_rows(const Layout& L) {
   return std::clamp<int64_t>(kBandBytes / (L.C * int64_t(sizeof(T))), 1, kMaxBandRows);
 }
 
+// Bytes of the last-level cache one core shares, as the kernel's sysfs describes it
+// (cpuid-based sysconf(_SC_LEVEL3_CACHE_SIZE) may report a whole socket's L3 summed over its
+// core complexes); 0 if unknown.
+int64_t last_level_cache_bytes() {
+  for (const char* path : {"/sys/devices/system/cpu/cpu0/cache/index3/size",
+                           "/sys/devices/system/cpu/cpu0/cache/index2/size"}) {
+    if (FILE* f = std::fopen(path, "r")) {
+      long long n = 0;
+      char unit = 0;
+      const int got = std::fscanf(f, "%lld%c", &n, &unit);
+      std::fclose(f);
+      if (got >= 1 && n > 0)
+        return int64_t(n) << (unit == 'K' ? 10 : unit == 'M' ? 20 : unit == 'G' ? 30 : 0);
+    }
+  }
+  return 0;
+}
+
+// Outputs larger than half the last-level cache are written with non-temporal stores: they
+// cannot stay in the cache anyway, and plain stores would first read every line and evict the
+// input the pass after the reduction re-reads.
+bool stream_output(const Layout& L, int64_t bytes_per_elem) {
+  static const int64_t threshold = [] {
+    const int64_t llc = last_level_cache_bytes();
+    return llc > 0 ? llc / 2 : int64_t(16) << 20;
+  }();
+  return L.numel() * bytes_per_elem >= threshold;
+}
+
 bool is_serial(const Layout& L, int64_t bytes_per_elem) {
   return L.numel() * bytes_per_elem < kSerialBytes || at::get_num_threads() == 1 || at::in_parallel_region();
 }
@@ -234,7 +267,7 @@ void forward_train_impl(const TrainForwardArgs& a) {
           : running_factor<double>(a.cumulative, a.momentum,
                                    has_counter ? a.num_batches_tracked->data_ptr<int64_t>() : nullptr);
   const int64_t esize = sizeof(T);
-  const bool serial = is_serial(L, esize);
+  const bool serial = is_serial(L, esize), stream = stream_output(L, esize);
 
   // Statistics → saved stats, running stats, transform. Per channel, so threads own channels.
   auto finish = [&](int64_t c, const Moments<double>& m) {
@@ -283,8 +316,8 @@ void forward_train_impl(const TrainForwardArgs& a) {
         },
         merge,
         [&](int64_t b0, int64_t b1) {
-          if (b1 > b0)
-            kern.nsc_affine(x, y, {L.C, b0 * rows, std::min(R, b1 * rows), 0, L.C},
+          for (int64_t b = b1 - 1; b >= b0; --b)
+            kern.nsc_affine(x, y, {L.C, b * rows, std::min(R, (b + 1) * rows), 0, L.C, stream},
                             t.center.data(), t.scale.data(), t.shift.data());
         });
     return;
@@ -292,7 +325,7 @@ void forward_train_impl(const TrainForwardArgs& a) {
 
   const int64_t pieces = num_pieces(L), M = L.per_channel();
   auto piece = [&](int64_t c, int64_t p) {
-    return NcsPiece{L.C, L.S, c, p * kPiece, std::min(M, (p + 1) * kPiece)};
+    return NcsPiece{L.C, L.S, c, p * kPiece, std::min(M, (p + 1) * kPiece), stream};
   };
   auto moments = [&](int64_t c, int64_t p) {
     const NcsPiece q = piece(c, p);
@@ -309,7 +342,7 @@ void forward_train_impl(const TrainForwardArgs& a) {
         Moments<double> m{0, 0, 0};
         for (int64_t p = 0; p < pieces; ++p) m = chan_merge(m, moments(c, p));
         const ChannelAffine<A> t = finish(c, m);
-        kern.ncs_affine(x, y, {L.C, L.S, c, 0, M}, t.center, t.scale, t.shift);
+        kern.ncs_affine(x, y, {L.C, L.S, c, 0, M, stream}, t.center, t.scale, t.shift);
       }
     });
     return;
@@ -360,18 +393,20 @@ void forward_eval_impl(const EvalForwardArgs& a) {
   const K* x = kptr<T>(a.input);
   K* y = kptr_mut<T>(a.output);
   if (L.numel() == 0) return;
-  const bool serial = is_serial(L, sizeof(T));
+  const bool serial = is_serial(L, sizeof(T)), stream = stream_output(L, sizeof(T));
   if (L.channels_last) {
     const int64_t R = L.per_channel(), grain = std::max<int64_t>(1, 16384 / L.C);
     auto body = [&](int64_t r0, int64_t r1) {
-      kern.nsc_affine(x, y, {L.C, r0, r1, 0, L.C}, t.center.data(), t.scale.data(), t.shift.data());
+      kern.nsc_affine(x, y, {L.C, r0, r1, 0, L.C, stream}, t.center.data(), t.scale.data(),
+                      t.shift.data());
     };
     if (serial) body(0, R);
     else at::parallel_for(0, R, grain, body);
   } else {
     const int64_t grain = std::max<int64_t>(1, 16384 / L.S);
     auto body = [&](int64_t k0, int64_t k1) {
-      kern.ncs_affine_rows(x, y, L.C, L.S, k0, k1, t.center.data(), t.scale.data(), t.shift.data());
+      kern.ncs_affine_rows(x, y, {L.C, L.S, k0, k1, stream}, t.center.data(), t.scale.data(),
+                           t.shift.data());
     };
     if (serial) body(0, L.N * L.C);
     else at::parallel_for(0, L.N * L.C, grain, body);
@@ -396,7 +431,7 @@ void backward_impl(const BackwardArgs& a) {
   const bool want_sums = (a.training && dx) || a.grad_weight.defined() || a.grad_bias.defined();
   const double count = double(L.per_channel());
   const int64_t esize = sizeof(T);
-  const bool serial = is_serial(L, 2 * esize);
+  const bool serial = is_serial(L, 2 * esize), stream = stream_output(L, esize);
 
   // (Σdy, Σdy·(x − mean)) → dweight, dbias and the per-channel dx coefficients.
   auto finish = [&](int64_t c, double sum_dy, double sum_dy_xmu) {
@@ -422,7 +457,7 @@ void backward_impl(const BackwardArgs& a) {
     const int64_t R = L.per_channel();
     auto dx_pass = [&](int64_t c0, int64_t c1, int64_t rows, int64_t bands) {
       par(serial, 0, bands, [&](int64_t b0, int64_t b1) {
-        kern.nsc_bwd_dx(x, dy, dx, {L.C, b0 * rows, std::min(R, b1 * rows), c0, c1}, mean,
+        kern.nsc_bwd_dx(x, dy, dx, {L.C, b0 * rows, std::min(R, b1 * rows), c0, c1, stream}, mean,
                         k.center.data(), k.scale.data(), k.shift.data());
       });
     };
@@ -454,8 +489,9 @@ void backward_impl(const BackwardArgs& a) {
           for (int64_t c = m0; c < m1; ++c) set_coefs(c, finish(c, s0[c - m0], s1[c - m0]));
         },
         [&](int64_t b0, int64_t b1) {
-          if (dx && b1 > b0)
-            kern.nsc_bwd_dx(x, dy, dx, {L.C, b0 * rows, std::min(R, b1 * rows), 0, L.C}, mean,
+          for (int64_t b = b1 - 1; dx && b >= b0; --b)  // last reduced first (see the top)
+            kern.nsc_bwd_dx(x, dy, dx, {L.C, b * rows, std::min(R, (b + 1) * rows), 0, L.C, stream},
+                            mean,
                             k.center.data(), k.scale.data(), k.shift.data());
         });
     return;
@@ -463,7 +499,7 @@ void backward_impl(const BackwardArgs& a) {
 
   const int64_t pieces = num_pieces(L), M = L.per_channel();
   auto piece = [&](int64_t c, int64_t p) {
-    return NcsPiece{L.C, L.S, c, p * kPiece, std::min(M, (p + 1) * kPiece)};
+    return NcsPiece{L.C, L.S, c, p * kPiece, std::min(M, (p + 1) * kPiece), stream};
   };
   auto dx_piece = [&](int64_t c, const NcsPiece& q) {
     kern.ncs_bwd_dx(x, dy, dx, q, mean[c], k.center[c], k.scale[c], k.shift[c]);
@@ -475,7 +511,7 @@ void backward_impl(const BackwardArgs& a) {
     auto body = [&](int64_t k0, int64_t k1) {
       for (int64_t i = k0; i < k1; ++i) {
         const int64_t n = i / L.C, c = i % L.C;
-        dx_piece(c, {L.C, L.S, c, n * L.S, (n + 1) * L.S});
+        dx_piece(c, {L.C, L.S, c, n * L.S, (n + 1) * L.S, stream});
       }
     };
     if (serial) body(0, L.N * L.C);
@@ -503,7 +539,7 @@ void backward_impl(const BackwardArgs& a) {
           s1 += s[1];
         }
         set_coefs(c, finish(c, s0, s1));
-        if (dx) dx_piece(c, {L.C, L.S, c, 0, M});
+        if (dx) dx_piece(c, {L.C, L.S, c, 0, M, stream});
       }
     });
     return;

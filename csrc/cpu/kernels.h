@@ -24,12 +24,22 @@ template <> struct KAcc<double> { using type = double; };
 struct NcsPiece {
   int64_t C, S;
   int64_t c, j0, j1;
+  bool stream = false;  // outputs: non-temporal stores (see kernels_impl.h, vout)
+};
+
+// Rows k in [k0, k1) of an NCS tensor: row k = n·C + c is the run of S elements of sample n,
+// channel c (the rows of one sample's channels are consecutive in memory).
+struct NcsRows {
+  int64_t C, S;
+  int64_t k0, k1;
+  bool stream = false;  // outputs: non-temporal stores
 };
 
 // Rows [r0, r1) and channel columns [c0, c1) of an NSC tensor (rows of C elements).
 struct NscBlock {
   int64_t C;
   int64_t r0, r1, c0, c1;
+  bool stream = false;  // outputs: non-temporal stores (see kernels_impl.h, vout)
 };
 
 template <typename T>
@@ -39,14 +49,15 @@ struct Kernels {
   void (*ncs_moments)(const T* x, const NcsPiece& p, double* out);
   // y = (x − center)·scale + shift over a piece.
   void (*ncs_affine)(const T* x, T* y, const NcsPiece& p, A center, A scale, A shift);
-  // Eval: rows k in [k0, k1) of S contiguous elements (row k = n·C + c), parameters of c.
-  void (*ncs_affine_rows)(const T* x, T* y, int64_t C, int64_t S, int64_t k0, int64_t k1,
-                          const A* center, const A* scale, const A* shift);
+  // y = (x − center[c])·scale[c] + shift[c] over rows (parameter arrays indexed by c).
+  void (*ncs_affine_rows)(const T* x, T* y, const NcsRows& r, const A* center, const A* scale,
+                          const A* shift);
   // out = {Σdy, Σdy·(x − mean)} over a piece.
   void (*ncs_bwd_sums)(const T* x, const T* dy, const NcsPiece& p, A mean, double* out);
   // dx = dy·k0 + (x − mean)·k1 + k2 over a piece.
   void (*ncs_bwd_dx)(const T* x, const T* dy, T* dx, const NcsPiece& p, A mean, A k0, A k1, A k2);
-  // Per channel c in [c0, c1): exact two-pass mean and M2 of the block's rows, written to
+  // Per channel c in [c0, c1): mean and M2 of the block's rows (one shifted pass, exact
+  // two-pass for a channel the shift does not suit), written to
   // mean[c − c0], m2[c − c0].
   void (*nsc_moments)(const T* x, const NscBlock& b, double* mean, double* m2);
   // y = (x − center[c])·scale[c] + shift[c] over the block (parameter arrays indexed by c).

@@ -7,8 +7,9 @@
 // Numerics, identical in every ISA up to the vector width (which only changes the order of
 // the partial sums): float lanes are folded into double every kFoldVecs vectors (each float
 // lane then holds at most 64 elements), tails are summed in scalar and folded per run, and the
-// statistics of a piece are exact two-pass: Σx → center, then Σ(x − center) and Σ(x − center)²
-// → mean = center + Σd/n, M2 = Σd² − (Σd)²/n. With FMA (AVX2, AVX-512) GCC contracts
+// statistics of an NCS piece are exact two-pass: Σx → center, then Σ(x − center) and
+// Σ(x − center)² → mean = center + Σd/n, M2 = Σd² − (Σd)²/n; those of an NSC band are one pass
+// shifted by a sample, with an exact fallback (nsc_moments). With FMA (AVX2, AVX-512) GCC contracts
 // a·b + c in vector bodies and scalar tails alike.
 #ifndef FASTBN_ISA_NS
 #error "define FASTBN_ISA_NS before including kernels_impl.h"
@@ -152,6 +153,42 @@ FI void vstore(half_t* p, vf v) {
 }
 #endif
 
+// Stores an output vector. With stream (outputs too large to stay in the last-level cache)
+// a non-temporal store where the address is aligned: the destination line is not read for
+// ownership first, and the output does not evict the input that a later pass re-reads.
+// 16-bit outputs always use plain stores.
+#if defined(__x86_64__) || defined(__i386__)
+#if FASTBN_VB == 64
+FI void stream_store(float* p, vf v) { _mm512_stream_ps(p, (__m512)v); }
+FI void stream_store(double* p, vd v) { _mm512_stream_pd(p, (__m512d)v); }
+#elif FASTBN_VB == 32
+FI void stream_store(float* p, vf v) { _mm256_stream_ps(p, (__m256)v); }
+FI void stream_store(double* p, vd v) { _mm256_stream_pd(p, (__m256d)v); }
+#else
+FI void stream_store(float* p, vf v) { _mm_stream_ps(p, (__m128)v); }
+FI void stream_store(double* p, vd v) { _mm_stream_pd(p, (__m128d)v); }
+#endif
+#else
+template <typename T, typename V> FI void stream_store(T* p, V v) { vstore(p, v); }
+#endif
+FI void vout(float* p, vf v, bool stream) {
+  if (stream && reinterpret_cast<uintptr_t>(p) % VB == 0) stream_store(p, v);
+  else vstore(p, v);
+}
+FI void vout(double* p, vd v, bool stream) {
+  if (stream && reinterpret_cast<uintptr_t>(p) % VB == 0) stream_store(p, v);
+  else vstore(p, v);
+}
+template <typename T> FI void vout(T* p, vf v, bool) { vstore(p, v); }
+// Orders a kernel's non-temporal stores before whatever the caller does next (a barrier).
+FI void end_stream(bool stream) {
+#if defined(__x86_64__) || defined(__i386__)
+  if (stream) _mm_sfence();
+#else
+  (void)stream;
+#endif
+}
+
 // ---------------------------------------------------------------- reductions
 constexpr int64_t kFoldVecs = 64;  // vectors per float block (16 per accumulator)
 
@@ -278,132 +315,156 @@ struct Reducer {
 };
 
 // ---------------------------------------------------------------- NCS kernels
+// What the NCS reductions sum over a run (K quantities): vec(i, a) adds the K vectors of
+// elements [i, i + W) to a, scal(i, t) the K scalars of element i.
+template <typename T, typename A>
+struct SumTerms {  // Σx
+  static constexpr int K = 1;
+  using V = typename VecOf<A>::V;
+  const T* x;
+  FI void vec(int64_t i, V* a) const { a[0] += vload(x + i); }
+  FI void scal(int64_t i, A* t) const { t[0] += sload(x + i); }
+};
+template <typename T, typename A>
+struct DevTerms {  // Σd, Σd² with d = x − center
+  static constexpr int K = 2;
+  using V = typename VecOf<A>::V;
+  const T* x;
+  A c;
+  V vc;
+  FI DevTerms(const T* x_, A c_) : x(x_), c(c_), vc(V{} + c_) {}
+  FI void vec(int64_t i, V* a) const {
+    const V d = vload(x + i) - vc;
+    a[0] += d;
+    a[1] += d * d;
+  }
+  FI void scal(int64_t i, A* t) const {
+    const A d = sload(x + i) - c;
+    t[0] += d;
+    t[1] += d * d;
+  }
+};
+template <typename T, typename A>
+struct BwdTerms {  // Σdy, Σdy·(x − mean)
+  static constexpr int K = 2;
+  using V = typename VecOf<A>::V;
+  const T *x, *g;
+  A m;
+  V vm;
+  FI BwdTerms(const T* x_, const T* g_, A m_) : x(x_), g(g_), m(m_), vm(V{} + m_) {}
+  FI void vec(int64_t i, V* a) const {
+    const V gv = vload(g + i);
+    a[0] += gv;
+    a[1] += gv * (vload(x + i) - vm);
+  }
+  FI void scal(int64_t i, A* t) const {
+    const A gs = sload(g + i);
+    t[0] += gs;
+    t[1] += gs * (sload(x + i) - m);
+  }
+};
+
+// Totals of make(offset) terms over the runs of a piece.
+template <typename A, int K, typename Make>
+FI void piece_totals(const NcsPiece& p, const Make& make, double* out) {
+  Reducer<A, K> r;
+  for_each_run(p, [&](int64_t off, int64_t len) {
+    const auto f = make(off);
+    r.run(len, [&f](int64_t i, typename VecOf<A>::V* a) { f.vec(i, a); },
+          [&f](int64_t i, A* t) { f.scal(i, t); });
+  });
+  r.finish();
+  for (int k = 0; k < K; ++k) out[k] = r.out[k].total();
+}
+
 template <typename T>
 void ncs_moments(const T* x, const NcsPiece& p, double* out) {
   using A = typename KAcc<T>::type;
-  using V = typename VecOf<A>::V;
   const double count = double(p.j1 - p.j0);
-  Reducer<A, 1> sum;
-  for_each_run(p, [&](int64_t off, int64_t len) {
-    const T* q = x + off;
-    sum.run(len, [q](int64_t i, V* a) { a[0] += vload(q + i); },
-            [q](int64_t i, A* t) { t[0] += sload(q + i); });
-  });
-  sum.finish();
-  const A center = A(sum.out[0].total() / count);
-  const V vc = V{} + center;
-  Reducer<A, 2> dev;
-  for_each_run(p, [&](int64_t off, int64_t len) {
-    const T* q = x + off;
-    dev.run(len,
-            [q, vc](int64_t i, V* a) {
-              const V d = vload(q + i) - vc;
-              a[0] += d;
-              a[1] += d * d;
-            },
-            [q, center](int64_t i, A* t) {
-              const A d = sload(q + i) - center;
-              t[0] += d;
-              t[1] += d * d;
-            });
-  });
-  dev.finish();
-  const double s1 = dev.out[0].total(), s2 = dev.out[1].total();
-  const double m2 = s2 - s1 * s1 / count;
-  out[0] = double(center) + s1 / count;
+  double sum[1], dev[2];
+  piece_totals<A, 1>(p, [x](int64_t off) { return SumTerms<T, A>{x + off}; }, sum);
+  const A center = A(sum[0] / count);
+  piece_totals<A, 2>(p, [x, center](int64_t off) { return DevTerms<T, A>(x + off, center); },
+                        dev);
+  // mean = center + Σd/n, M2 = Σd² − (Σd)²/n
+  const double m2 = dev[1] - dev[0] * dev[0] / count;
+  out[0] = double(center) + dev[0] / count;
   out[1] = m2 > 0 ? m2 : 0;
 }
 
 template <typename T, typename A>
-void ncs_affine(const T* x, T* y, const NcsPiece& p, A center, A scale, A shift) {
-  using V = typename VecOf<A>::V;
-  constexpr int W = VecOf<A>::W;
-  const V vc = V{} + center, vs = V{} + scale, vb = V{} + shift;
-  const bool alias = (const void*)x == (const void*)y;
-  for_each_run(p, [&](int64_t off, int64_t n) {
-    const T* xi = x + off;
-    T* yi = y + off;
-    int64_t i = 0;
-    for (; i + 2 * W <= n; i += 2 * W) {
-      vstore(yi + i, (vload(xi + i) - vc) * vs + vb);
-      vstore(yi + i + W, (vload(xi + i + W) - vc) * vs + vb);
-    }
-    for (; i + W <= n; i += W) vstore(yi + i, (vload(xi + i) - vc) * vs + vb);
-    if (i < n && n >= W && !alias) {  // overlapping last vector: recomputed from x, same values
-      vstore(yi + n - W, (vload(xi + n - W) - vc) * vs + vb);
-      return;
-    }
-    for (; i < n; ++i) sstore(yi + i, (sload(xi + i) - center) * scale + shift);
-  });
-}
-
-// Rows k in [k0, k1) of S contiguous elements, channel k % C (no division per row).
-template <typename T, typename A>
-void ncs_affine_rows(const T* x, T* y, int64_t C, int64_t S, int64_t k0, int64_t k1,
-                     const A* center, const A* scale, const A* shift) {
-  using V = typename VecOf<A>::V;
-  constexpr int W = VecOf<A>::W;
-  const bool alias = (const void*)x == (const void*)y;
-  int64_t c = k0 % C;
-  for (int64_t k = k0; k < k1; ++k) {
-    const T* xi = x + k * S;
-    T* yi = y + k * S;
-    const A ce = center[c], sc = scale[c], sh = shift[c];
-    const V vc = V{} + ce, vs = V{} + sc, vb = V{} + sh;
-    int64_t i = 0;
-    for (; i + W <= S; i += W) vstore(yi + i, (vload(xi + i) - vc) * vs + vb);
-    if (i < S && S >= W && !alias) {
-      vstore(yi + S - W, (vload(xi + S - W) - vc) * vs + vb);
-    } else {
-      for (; i < S; ++i) sstore(yi + i, (sload(xi + i) - ce) * sc + sh);
-    }
-    if (++c == C) c = 0;
-  }
-}
-
-template <typename T, typename A>
 void ncs_bwd_sums(const T* x, const T* dy, const NcsPiece& p, A mean, double* out) {
+  piece_totals<A, 2>(
+      p, [x, dy, mean](int64_t off) { return BwdTerms<T, A>(x + off, dy + off, mean); }, out);
+}
+
+// Elementwise over one run of n elements: out = value(vector or scalar at element i). When the
+// output aliases an input, no element is computed twice (the overlapping last vector would
+// read an element already overwritten).
+template <typename T, typename A, typename VF, typename SF>
+FI void map_run(T* out, int64_t n, bool alias, bool stream, const VF& vec, const SF& scal) {
+  constexpr int W = VecOf<A>::W;
+  int64_t i = 0;
+  for (; i + W <= n; i += W) vout(out + i, vec(i), stream);
+  if (i < n && n >= W && !alias) {
+    vstore(out + n - W, vec(n - W));
+    return;
+  }
+  for (; i < n; ++i) sstore(out + i, scal(i));
+}
+
+template <typename T, typename A>
+FI void affine_run(const T* x, T* y, int64_t n, A c, A s, A h, bool stream) {
   using V = typename VecOf<A>::V;
-  Reducer<A, 2> s;
-  const V vm = V{} + mean;
-  for_each_run(p, [&](int64_t off, int64_t len) {
-    const T *xi = x + off, *gi = dy + off;
-    s.run(len,
-          [xi, gi, vm](int64_t i, V* a) {
-            const V g = vload(gi + i);
-            a[0] += g;
-            a[1] += g * (vload(xi + i) - vm);
-          },
-          [xi, gi, mean](int64_t i, A* t) {
-            const A g = sload(gi + i);
-            t[0] += g;
-            t[1] += g * (sload(xi + i) - mean);
-          });
+  const V vc = V{} + c, vs = V{} + s, vh = V{} + h;
+  map_run<T, A>(y, n, (const void*)x == (const void*)y, stream,
+                [=](int64_t i) { return (vload(x + i) - vc) * vs + vh; },
+                [=](int64_t i) { return (sload(x + i) - c) * s + h; });
+}
+
+template <typename T, typename A>
+FI void dx_run(const T* x, const T* g, T* d, int64_t n, A m, A k0, A k1, A k2, bool stream) {
+  using V = typename VecOf<A>::V;
+  const V vm = V{} + m, v0 = V{} + k0, v1 = V{} + k1, v2 = V{} + k2;
+  map_run<T, A>(d, n, (const void*)d == (const void*)x || (const void*)d == (const void*)g,
+                stream, [=](int64_t i) { return vload(g + i) * v0 + (vload(x + i) - vm) * v1 + v2; },
+                [=](int64_t i) { return sload(g + i) * k0 + (sload(x + i) - m) * k1 + k2; });
+}
+
+template <typename T, typename A>
+void ncs_affine(const T* x, T* y, const NcsPiece& p, A center, A scale, A shift) {
+  for_each_run(p, [&](int64_t off, int64_t n) {
+    affine_run(x + off, y + off, n, center, scale, shift, p.stream);
   });
-  s.finish();
-  out[0] = s.out[0].total();
-  out[1] = s.out[1].total();
+  end_stream(p.stream);
 }
 
 template <typename T, typename A>
 void ncs_bwd_dx(const T* x, const T* dy, T* dx, const NcsPiece& p, A mean, A k0, A k1, A k2) {
-  using V = typename VecOf<A>::V;
-  constexpr int W = VecOf<A>::W;
-  const V vm = V{} + mean, v0 = V{} + k0, v1 = V{} + k1, v2 = V{} + k2;
-  const bool alias = (const void*)dx == (const void*)x || (const void*)dx == (const void*)dy;
   for_each_run(p, [&](int64_t off, int64_t n) {
-    const T *xi = x + off, *gi = dy + off;
-    T* di = dx + off;
-    int64_t i = 0;
-    for (; i + W <= n; i += W)
-      vstore(di + i, vload(gi + i) * v0 + (vload(xi + i) - vm) * v1 + v2);
-    if (i < n && n >= W && !alias) {
-      const int64_t j = n - W;
-      vstore(di + j, vload(gi + j) * v0 + (vload(xi + j) - vm) * v1 + v2);
-      return;
-    }
-    for (; i < n; ++i) sstore(di + i, sload(gi + i) * k0 + (sload(xi + i) - mean) * k1 + k2);
+    dx_run(x + off, dy + off, dx + off, n, mean, k0, k1, k2, p.stream);
   });
+  end_stream(p.stream);
+}
+
+// Rows k in [k0, k1) (row k = n·C + c holds the S elements of sample n, channel c): f(c, offset)
+// per row, without a division per row.
+template <typename F>
+FI void for_each_row(const NcsRows& r, const F& f) {
+  int64_t c = r.k0 % r.C;
+  for (int64_t k = r.k0; k < r.k1; ++k) {
+    f(c, k * r.S);
+    if (++c == r.C) c = 0;
+  }
+}
+
+template <typename T, typename A>
+void ncs_affine_rows(const T* x, T* y, const NcsRows& r, const A* center, const A* scale,
+                     const A* shift) {
+  for_each_row(r, [&](int64_t c, int64_t off) {
+    affine_run(x + off, y + off, r.S, center[c], scale[c], shift[c], r.stream);
+  });
+  end_stream(r.stream);
 }
 
 // ---------------------------------------------------------------- NSC kernels
@@ -411,83 +472,130 @@ void ncs_bwd_dx(const T* x, const T* dy, T* dx, const NcsPiece& p, A mean, A k0,
 // L1 arrays, the remaining < W channels in scalar.
 constexpr int64_t kSub = 256;
 
+// Rows of up to 4 vectors (C ≤ 64 floats): one pass, per channel sums of d = x − K and d²
+// with K the channel's value in the block's first row, in registers over all the rows (in L1
+// arrays every row's additions would chain through store-to-load forwarding). K is a sample,
+// so |mean − K| is of the order of the standard deviation and M2 = Σd² − (Σd)²/n keeps its
+// precision; a channel where it does not (Σd² > kShiftSlack·M2: K was an outlier) is redone in
+// two exact passes over its column of the block, which is still in L2. The float sums cover
+// at most the block's rows (≤ 256). Wider rows: two exact passes (see wide).
+constexpr double kShiftSlack = 16;
+
+// Column chunk of U vectors at channel o of rows [r0, r1) (row length C): s1 += Σd, s2 += Σd²
+// with d = x − shift, in registers.
+template <int U, typename T, typename V>
+FI void column_dev_sums(const T* x, int64_t C, int64_t o, int64_t r0, int64_t r1,
+                        const V* shift, V* s1, V* s2) {
+  constexpr int W = int(sizeof(V) / sizeof(s1[0][0]));
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* row = x + r * C + o;
+    for (int u = 0; u < U; ++u) {
+      const V d = vload(row + u * W) - shift[u];
+      s1[u] += d;
+      s2[u] += d * d;
+    }
+  }
+}
+constexpr int64_t kSubMoments = 256;
+
 template <typename T>
 void nsc_moments(const T* x, const NscBlock& b, double* mean, double* m2) {
   using A = typename KAcc<T>::type;
   using V = typename VecOf<A>::V;
   constexpr int W = VecOf<A>::W;
   const double count = double(b.r1 - b.r0);
-  for (int64_t cs = b.c0; cs < b.c1; cs += kSub) {
-    const int64_t ce = imin(b.c1, cs + kSub), nv = (ce - cs) / W, nt = (ce - cs) - nv * W;
-    V acc[kSub / W], acc2[kSub / W];
-    A ts[W], ts2[W];
+  const T* first = x + b.r0 * b.C;
+  auto put = [&](int64_t c, A k, A s1f, A s2f) {
+    const double s1 = s1f, s2 = s2f, q = s2 - s1 * s1 / count;
+    double mu = double(k) + s1 / count, dev = q > 0 ? q : 0;
+    if (s2 > kShiftSlack * dev) {
+      const T* col = x + c;
+      double sum = 0;
+      for (int64_t r = b.r0; r < b.r1; ++r) sum += double(sload(col + r * b.C));
+      mu = sum / count;
+      dev = 0;
+      for (int64_t r = b.r0; r < b.r1; ++r) {
+        const double e = double(sload(col + r * b.C)) - mu;
+        dev += e * e;
+      }
+    }
+    mean[c - b.c0] = mu;
+    m2[c - b.c0] = dev;
+  };
+  auto chunk = [&]<int U>(int64_t o) {
+    V k[U], s1[U], s2[U];
+    for (int u = 0; u < U; ++u) {
+      k[u] = vload(first + o + u * W);
+      s1[u] = s2[u] = V{};
+    }
+    column_dev_sums<U>(x, b.C, o, b.r0 + 1, b.r1, k, s1, s2);  // the first row adds d = 0
+    for (int u = 0; u < U; ++u) {
+      A tk[W], t1[W], t2[W];
+      std::memcpy(tk, &k[u], sizeof(V));
+      std::memcpy(t1, &s1[u], sizeof(V));
+      std::memcpy(t2, &s2[u], sizeof(V));
+      for (int l = 0; l < W; ++l) put(o + u * W + l, tk[l], t1[l], t2[l]);
+    }
+  };
+  // Channels [cs, ce), a multiple of W of them (at most kSubMoments), in two exact passes: Σx
+  // row-major into L1 arrays (the block streams from memory in address order) → centers,
+  // then the deviations' sums in registers, column chunk by column chunk, from L2.
+  auto wide = [&](int64_t cs, int64_t ce) {
+    const int64_t nv = (ce - cs) / W;
+    V acc[kSubMoments / W];
     for (int64_t v = 0; v < nv; ++v) acc[v] = V{};
-    for (int64_t t = 0; t < nt; ++t) ts[t] = 0;
     for (int64_t r = b.r0; r < b.r1; ++r) {
       const T* row = x + r * b.C + cs;
       for (int64_t v = 0; v < nv; ++v) acc[v] += vload(row + v * W);
-      for (int64_t t = 0; t < nt; ++t) ts[t] += sload(row + nv * W + t);
     }
-    alignas(64) A center[kSub];
+    alignas(64) A center[kSubMoments];
     for (int64_t v = 0; v < nv; ++v) {
       A t[W];
       std::memcpy(t, &acc[v], sizeof(V));
       for (int l = 0; l < W; ++l) center[v * W + l] = A(double(t[l]) / count);
     }
-    for (int64_t t = 0; t < nt; ++t) center[nv * W + t] = A(double(ts[t]) / count);
-    // Second pass (the band is in L2): centers and both sums in registers per column chunk.
-    const int64_t o_end = for_col_chunks<W>(cs, cs + nv * W, [&]<int U>(int64_t o) {
+    auto dev = [&]<int U>(int64_t o) {
       V c[U], s1[U], s2[U];
       for (int u = 0; u < U; ++u) {
         c[u] = vload(center + (o - cs) + u * W);
         s1[u] = s2[u] = V{};
       }
-      for (int64_t r = b.r0; r < b.r1; ++r) {
-        const T* row = x + r * b.C + o;
-        for (int u = 0; u < U; ++u) {
-          const V d = vload(row + u * W) - c[u];
-          s1[u] += d;
-          s2[u] += d * d;
+      column_dev_sums<U>(x, b.C, o, b.r0, b.r1, c, s1, s2);
+      for (int u = 0; u < U; ++u) {
+        A t1[W], t2[W];
+        std::memcpy(t1, &s1[u], sizeof(V));
+        std::memcpy(t2, &s2[u], sizeof(V));
+        for (int l = 0; l < W; ++l) {
+          const int64_t j = o - cs + u * W + l;
+          const double d1 = t1[l], q = double(t2[l]) - d1 * d1 / count;
+          mean[cs + j - b.c0] = double(center[j]) + d1 / count;
+          m2[cs + j - b.c0] = q > 0 ? q : 0;
         }
       }
-      for (int u = 0; u < U; ++u) {
-        acc[(o - cs) / W + u] = s1[u];
-        acc2[(o - cs) / W + u] = s2[u];
-      }
-    });
-    (void)o_end;
-    for (int64_t t = 0; t < nt; ++t) ts[t] = ts2[t] = 0;
-    for (int64_t r = b.r0; r < b.r1; ++r) {
-      const T* row = x + r * b.C + cs;
-      for (int64_t t = 0; t < nt; ++t) {
-        const A d = sload(row + nv * W + t) - center[nv * W + t];
-        ts[t] += d;
-        ts2[t] += d * d;
-      }
-    }
-    auto put = [&](int64_t k, A s1f, A s2f) {
-      const double s1 = s1f, s2 = s2f, q = s2 - s1 * s1 / count;
-      mean[cs - b.c0 + k] = double(center[k]) + s1 / count;
-      m2[cs - b.c0 + k] = q > 0 ? q : 0;
     };
-    for (int64_t v = 0; v < nv; ++v) {
-      A t1[W], t2[W];
-      std::memcpy(t1, &acc[v], sizeof(V));
-      std::memcpy(t2, &acc2[v], sizeof(V));
-      for (int l = 0; l < W; ++l) put(v * W + l, t1[l], t2[l]);
-    }
-    for (int64_t t = 0; t < nt; ++t) put(nv * W + t, ts[t], ts2[t]);
+    int64_t o = cs;
+    for (; o + 4 * W <= ce; o += 4 * W) dev.template operator()<4>(o);
+    for (; o < ce; o += W) dev.template operator()<1>(o);
+  };
+  const int64_t vec_end = b.c0 + (b.c1 - b.c0) / W * W;
+  int64_t o = b.c0;
+  if (vec_end - b.c0 > 4 * W) {
+    for (; o < vec_end; o += kSubMoments) wide(o, imin(vec_end, o + kSubMoments));
+    o = vec_end;
+  } else {
+    for (; o + 4 * W <= vec_end; o += 4 * W) chunk.template operator()<4>(o);
+    for (; o < vec_end; o += W) chunk.template operator()<1>(o);
   }
-}
-
-// Calls f.template operator()<U>(o) for column chunks of U = 4 vectors, then U = 1, starting at
-// channel o; returns the first channel not covered by whole vectors.
-template <int W, typename F>
-FI int64_t for_col_chunks(int64_t c0, int64_t c1, const F& f) {
-  int64_t o = c0;
-  for (; o + 4 * W <= c1; o += 4 * W) f.template operator()<4>(o);
-  for (; o + W <= c1; o += W) f.template operator()<1>(o);
-  return o;
+  for (; o < b.c1; ++o) {  // the last channels, fewer than a vector
+    const A k = sload(first + o);
+    A s1 = 0, s2 = 0;
+    for (int64_t r = b.r0 + 1; r < b.r1; ++r) {
+      const A d = sload(x + r * b.C + o) - k;
+      s1 += d;
+      s2 += d * d;
+    }
+    put(o, k, s1, s2);
+  }
 }
 
 // Elementwise NSC kernels run row-major over the block's full width (the order the hardware
@@ -497,7 +605,6 @@ FI int64_t for_col_chunks(int64_t c0, int64_t c1, const F& f) {
 template <typename T, typename A>
 void nsc_affine_narrow(const T* x, T* y, const NscBlock& b, const A* center, const A* scale,
                        const A* shift) {
-  using V = typename VecOf<A>::V;
   constexpr int W = VecOf<A>::W;
   int64_t g = b.C, h = W;
   while (h) { const int64_t t = g % h; g = h; h = t; }
@@ -513,12 +620,13 @@ void nsc_affine_narrow(const T* x, T* y, const NscBlock& b, const A* center, con
   for (; i + P <= e1; i += P)
     for (int64_t j = 0; j < nvp; ++j) {
       const int64_t o = j * W;
-      vstore(y + i + o, (vload(x + i + o) - vload(pc + o)) * vload(ps + o) + vload(ph + o));
+      vout(y + i + o, (vload(x + i + o) - vload(pc + o)) * vload(ps + o) + vload(ph + o), b.stream);
     }
   for (; i < e1; ++i) {
     const int64_t c = (i - e0) % b.C;
     sstore(y + i, (sload(x + i) - center[c]) * scale[c] + shift[c]);
   }
+  end_stream(b.stream);
 }
 
 template <typename T, typename A>
@@ -536,10 +644,11 @@ void nsc_affine(const T* x, T* y, const NscBlock& b, const A* center, const A* s
     T* yr = y + r * b.C + b.c0;
     for (int64_t v = 0; v < nv; ++v) {
       const int64_t o = v * W;
-      vstore(yr + o, (vload(xr + o) - vload(cc + o)) * vload(sc + o) + vload(sh + o));
+      vout(yr + o, (vload(xr + o) - vload(cc + o)) * vload(sc + o) + vload(sh + o), b.stream);
     }
     for (int64_t k = nv * W; k < n; ++k) sstore(yr + k, (sload(xr + k) - cc[k]) * sc[k] + sh[k]);
   }
+  end_stream(b.stream);
 }
 
 template <typename T, typename A>
@@ -595,12 +704,13 @@ void nsc_bwd_dx(const T* x, const T* dy, T* dx, const NscBlock& b, const A* mean
     T* dr = dx + r * b.C + b.c0;
     for (int64_t v = 0; v < nv; ++v) {
       const int64_t o = v * W;
-      vstore(dr + o, vload(gr + o) * vload(q0 + o) + (vload(xr + o) - vload(m + o)) * vload(q1 + o) +
-                         vload(q2 + o));
+      vout(dr + o, vload(gr + o) * vload(q0 + o) + (vload(xr + o) - vload(m + o)) * vload(q1 + o) +
+                       vload(q2 + o), b.stream);
     }
     for (int64_t k = nv * W; k < n; ++k)
       sstore(dr + k, sload(gr + k) * q0[k] + (sload(xr + k) - m[k]) * q1[k] + q2[k]);
   }
+  end_stream(b.stream);
 }
 
 template <typename T>

@@ -9,7 +9,7 @@ import time
 import torch
 
 from . import cases as C
-from . import contenders, machine, plot, report, timing
+from . import allocator, contenders, machine, plot, report, timing
 
 
 def _describe(table, width):
@@ -80,6 +80,9 @@ def parse_args(argv):
                     "(default 3, --quick 2)")
     ap.add_argument("--block-ms", type=float, help="target block length (default 10, --quick 5)")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    ap.add_argument("--cpu-allocator", choices=list(allocator.POLICIES), default="steady",
+                    help="how large CPU outputs get memory: " + "; ".join(
+                        f"{k}: {v}" for k, v in allocator.POLICIES.items()))
     ap.add_argument("--out", metavar="PREFIX",
                     help="write PREFIX.json and PREFIX.png (default fastbn-bench-DEVICE-TIME "
                          "in the current directory)")
@@ -183,8 +186,12 @@ def run(args, cases, info):
     return rows
 
 
-def main(argv=None):
+def main(argv=None, reexec=False):
+    """Runs the command line; reexec=True (the `python -m` entry point only) lets the
+    "steady" CPU allocator policy restart the process with its glibc settings."""
     args = parse_args(argv)
+    if reexec and not (args.results or args.list):
+        allocator.reexec_with(args.cpu_allocator, sys.argv[1:] if argv is None else list(argv))
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.results:
@@ -200,6 +207,7 @@ def main(argv=None):
             f"fastbn-bench-{'-'.join(args.devices)}-%Y%m%d-%H%M%S")
         os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
         info = machine.machine_info(args.devices)
+        info["cpu_allocator"] = allocator.in_effect()
         if (info["loadavg_start"] or 0) > 0.5:
             print(f"warning: load average {info['loadavg_start']:.1f} before the run: other "
                   "processes compete for the cores, expect noisy and slow timings",
@@ -247,4 +255,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(reexec=True))

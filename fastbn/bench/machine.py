@@ -101,6 +101,8 @@ def describe(info):
             f"L2 {mib(info.get('l2_bytes'))}/core, L3 {mib(info.get('l3_bytes'))}, "
             f"RAM {ram:.0f} GiB; torch {info['torch_version']}, "
             f"fastbn {info['fastbn_version']} ({info.get('fastbn_git') or 'no git'})")
+    if info.get("cpu_allocator"):
+        line += f"\nCPU allocator: {info['cpu_allocator']}"
     if info.get("gpu"):
         line += (f"\nGPU {info['gpu']} (sm {info['gpu_capability']}), "
                  f"peak {info.get('gpu_peak_gbps') or 0:.0f} GB/s")

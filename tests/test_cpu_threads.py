@@ -1,0 +1,73 @@
+"""The CPU backend's results do not depend on the number of threads.
+
+The decomposition into pieces, bands and rows depends only on the shape and dtype, and the
+paths the threading picks (whole channels per thread, pieces spread over the threads, channel
+blocks read sample by sample) sum every channel the same way: outputs, statistics and
+gradients are equal bit for bit with 1 and 2 threads. The shapes are large enough to be
+split over threads (more than 192 KiB) and cover short runs (7×7 maps) in one piece and in
+several, long runs, channel counts that do and do not divide among the threads, and
+channels_last. Each result is also checked against torch.nn in float64.
+"""
+import pytest
+import torch
+
+import fastbn
+
+SHAPES = [
+    (64, 3, 7, 7),      # short runs, C odd: pieces spread over 2 threads, channel blocks on 1
+    (32, 96, 7, 7),     # short runs, whole channels per thread
+    (700, 3, 7, 7),     # short runs, several pieces per channel
+    (4, 5, 56, 56),     # long runs, pieces spread over the threads
+    (8, 64, 28, 28),    # long runs, whole channels per thread
+]
+CASES = [(s, "nchw") for s in SHAPES] + [((8, 64, 28, 28), "channels_last"),
+                                         ((64, 3, 7, 7), "channels_last")]
+
+
+def params(channels):
+    gen = torch.Generator().manual_seed(1)
+    return torch.rand(channels, generator=gen) + 0.5, torch.rand(channels, generator=gen) * 2 - 1
+
+
+def run(x, dy, threads):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        m = fastbn.BatchNorm2d(x.shape[1])
+        if x.dtype == torch.float64:
+            m.double()
+        with torch.no_grad():
+            for p, v in zip((m.weight, m.bias), params(x.shape[1])):
+                p.copy_(v)
+        xg = x.detach().clone().requires_grad_()
+        y = m(xg)
+        y.backward(dy)
+        return [y, m.running_mean, m.running_var, xg.grad, m.weight.grad, m.bias.grad]
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("shape,layout", CASES, ids=lambda v: "x".join(map(str, v))
+                         if isinstance(v, tuple) else v)
+def test_results_equal_for_one_and_two_threads(shape, layout, dtype):
+    gen = torch.Generator().manual_seed(0)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = (torch.randn(shape, generator=gen) * 3 + 5).to(dtype=dtype, memory_format=fmt)
+    dy = torch.randn(shape, generator=gen).to(dtype=dtype, memory_format=fmt)
+    one, two = run(x, dy, 1), run(x, dy, 2)
+    for a, b in zip(one, two):
+        assert torch.equal(a, b), (a - b).abs().max()
+
+    ref = torch.nn.BatchNorm2d(shape[1]).double()
+    with torch.no_grad():
+        for p, v in zip((ref.weight, ref.bias), params(shape[1])):
+            p.copy_(v)
+    xr = x.detach().double().requires_grad_()
+    yr = ref(xr)
+    yr.backward(dy.double())
+    want = [yr, ref.running_mean, ref.running_var, xr.grad, ref.weight.grad, ref.bias.grad]
+    tol = dict(rtol=2e-2, atol=2e-2) if dtype == torch.bfloat16 else (
+        dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-9, atol=1e-9))
+    for got, exp in zip(one, want):
+        torch.testing.assert_close(got.double(), exp, **tol)
