@@ -135,6 +135,24 @@ def test_compare_faster_baseline_flags_regression(tiny_run):
     assert bench("--results", "run.json", "--compare", "faster.json", cwd=out).returncode == 0
 
 
+def test_results_alone_prints_table_and_summary(tiny_run):
+    out, run_proc, data = tiny_run
+    assert "summary (fastbn over the shapes of each group):" in run_proc.stdout
+    proc = bench("--results", "run.json", cwd=out)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    groups = [line.split() for line in lines if line.startswith("cpu ")]
+    assert [(g[1], g[2], g[3], g[4]) for g in groups] == [("fwd", "f32", "nchw", "1"),
+                                                            ("bwd", "f32", "nchw", "1")]
+    fast = {r["mode"]: r for r in data["rows"] if r["provider"] == "fastbn"}
+    for g, mode in zip(groups, ("forward-train", "backward")):
+        # One shape per group: geometric mean = minimum = that row's speedup.
+        assert float(g[5]) == float(g[6]) == round(fast[mode]["speedup_vs_eager"], 2)
+        assert int(g[7]) == (fast[mode]["speedup_vs_eager"] < 1)
+    slower = sum(r["speedup_vs_eager"] < 1 for r in fast.values())
+    assert f"fastbn slower than eager in {slower} of 2 cases" in proc.stdout
+
+
 def _row(provider, median, p20, p80):
     return dict(op=report.OP, provider=provider, mode="eval", shape="1x2x3x4",
                 dtype="float32", layout="nchw", device="cpu", median_ms=median,

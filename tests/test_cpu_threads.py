@@ -1,4 +1,4 @@
-"""The CPU backend's results do not depend on the number of threads.
+"""The CPU backend's results (training forward, backward, eval) do not depend on the number of threads.
 
 The decomposition into pieces, bands and rows depends only on the shape and dtype, and the
 paths the threading picks (whole channels per thread, pieces spread over the threads, channel
@@ -6,7 +6,8 @@ blocks read sample by sample) sum every channel the same way: outputs, statistic
 gradients are equal bit for bit with 1 and 2 threads. The shapes are large enough to be
 split over threads (more than 192 KiB) and cover short runs (7×7 maps) in one piece and in
 several, long runs, channel counts that do and do not divide among the threads, and
-channels_last. Each result is also checked against torch.nn in float64.
+channels_last, and outputs large enough to be streamed past the cache. Each result is also
+checked against torch.nn in float64.
 """
 import pytest
 import torch
@@ -20,8 +21,12 @@ SHAPES = [
     (4, 5, 56, 56),     # long runs, pieces spread over the threads
     (8, 64, 28, 28),    # long runs, whole channels per thread
 ]
-CASES = [(s, "nchw") for s in SHAPES] + [((8, 64, 28, 28), "channels_last"),
-                                         ((64, 3, 7, 7), "channels_last")]
+# Outputs of 21 MiB (float32; 10.5 MiB bfloat16, 42 MiB float64): beyond half of a 32 MiB
+# last-level cache they are written with non-temporal stores.
+LARGE = (16, 64, 72, 72)
+CASES = [(s, "nchw") for s in SHAPES + [LARGE]] + [
+    ((8, 64, 28, 28), "channels_last"), ((64, 3, 7, 7), "channels_last"),
+    (LARGE, "channels_last"), ((32, 64, 72, 72), "channels_last")]
 
 
 def params(channels):
@@ -42,7 +47,9 @@ def run(x, dy, threads):
         xg = x.detach().clone().requires_grad_()
         y = m(xg)
         y.backward(dy)
-        return [y, m.running_mean, m.running_var, xg.grad, m.weight.grad, m.bias.grad]
+        with torch.no_grad():
+            y_eval = m.eval()(x)
+        return [y, m.running_mean, m.running_var, xg.grad, m.weight.grad, m.bias.grad, y_eval]
     finally:
         torch.set_num_threads(before)
 
@@ -66,7 +73,10 @@ def test_results_equal_for_one_and_two_threads(shape, layout, dtype):
     xr = x.detach().double().requires_grad_()
     yr = ref(xr)
     yr.backward(dy.double())
-    want = [yr, ref.running_mean, ref.running_var, xr.grad, ref.weight.grad, ref.bias.grad]
+    with torch.no_grad():
+        yr_eval = ref.eval()(x.double())
+    want = [yr, ref.running_mean, ref.running_var, xr.grad, ref.weight.grad, ref.bias.grad,
+            yr_eval]
     tol = dict(rtol=2e-2, atol=2e-2) if dtype == torch.bfloat16 else (
         dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-9, atol=1e-9))
     for got, exp in zip(one, want):

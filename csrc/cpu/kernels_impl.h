@@ -96,25 +96,31 @@ FI vf vload(const bf16_t* p) {
   return (vf)_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16);
 }
 // Round to nearest even, NaN → 0x7FC0 (as c10::BFloat16).
-FI void vstore(bf16_t* p, vf v) {
+typedef __m256i narrow_t;  // the 16-bit lanes of one float vector
+FI narrow_t narrow(bf16_t*, vf v) {
   const __m512i u = _mm512_castps_si512((__m512)v);
   const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
   __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
   r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask((__m512)v, (__m512)v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
-  _mm256_storeu_si256((__m256i*)p, _mm512_cvtepi32_epi16(r));
+  return _mm512_cvtepi32_epi16(r);
 }
+FI void narrow_store(void* p, narrow_t h) { _mm256_storeu_si256((__m256i*)p, h); }
+FI void narrow_stream(void* p, narrow_t h) { _mm256_stream_si256((__m256i*)p, h); }
 #elif FASTBN_VB == 32
 FI vf vload(const bf16_t* p) {
   return (vf)_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16);
 }
-FI void vstore(bf16_t* p, vf v) {
+typedef __m128i narrow_t;
+FI narrow_t narrow(bf16_t*, vf v) {
   const __m256i u = _mm256_castps_si256((__m256)v);
   const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
   __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF))), 16);
   const __m256 nan = _mm256_cmp_ps((__m256)v, (__m256)v, _CMP_UNORD_Q);
   r = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(r), _mm256_castsi256_ps(_mm256_set1_epi32(0x7FC0)), nan));
-  _mm_storeu_si128((__m128i*)p, _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1)));
+  return _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
 }
+FI void narrow_store(void* p, narrow_t h) { _mm_storeu_si128((__m128i*)p, h); }
+FI void narrow_stream(void* p, narrow_t h) { _mm_stream_si128((__m128i*)p, h); }
 #else
 FI vf vload(const bf16_t* p) {
   vu16 h;
@@ -132,14 +138,17 @@ FI void vstore(bf16_t* p, vf v) {
 #endif
 #if FASTBN_VB == 64
 FI vf vload(const half_t* p) { return (vf)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p)); }
-FI void vstore(half_t* p, vf v) {
-  _mm256_storeu_si256((__m256i*)p, _mm512_cvtps_ph((__m512)v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+FI narrow_t narrow(half_t*, vf v) {
+  return _mm512_cvtps_ph((__m512)v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 }
 #elif FASTBN_VB == 32
 FI vf vload(const half_t* p) { return (vf)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)); }
-FI void vstore(half_t* p, vf v) {
-  _mm_storeu_si128((__m128i*)p, _mm256_cvtps_ph((__m256)v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+FI narrow_t narrow(half_t*, vf v) {
+  return _mm256_cvtps_ph((__m256)v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 }
+#endif
+#if FASTBN_VB >= 32
+template <typename T16> FI void vstore(T16* p, vf v) { narrow_store(p, narrow(p, v)); }
 #else
 FI vf vload(const half_t* p) {
   float t[VB / 4];
@@ -156,7 +165,7 @@ FI void vstore(half_t* p, vf v) {
 // Stores an output vector. With stream (outputs too large to stay in the last-level cache)
 // a non-temporal store where the address is aligned: the destination line is not read for
 // ownership first, and the output does not evict the input that a later pass re-reads.
-// 16-bit outputs always use plain stores.
+// (16-bit outputs without AVX2: plain stores.)
 #if defined(__x86_64__) || defined(__i386__)
 #if FASTBN_VB == 64
 FI void stream_store(float* p, vf v) { _mm512_stream_ps(p, (__m512)v); }
@@ -179,7 +188,14 @@ FI void vout(double* p, vd v, bool stream) {
   if (stream && reinterpret_cast<uintptr_t>(p) % VB == 0) stream_store(p, v);
   else vstore(p, v);
 }
-template <typename T> FI void vout(T* p, vf v, bool) { vstore(p, v); }
+#if FASTBN_VB >= 32
+template <typename T16> FI void vout(T16* p, vf v, bool stream) {
+  if (stream && reinterpret_cast<uintptr_t>(p) % (VB / 2) == 0) narrow_stream(p, narrow(p, v));
+  else vstore(p, v);
+}
+#else
+template <typename T16> FI void vout(T16* p, vf v, bool) { vstore(p, v); }
+#endif
 // Orders a kernel's non-temporal stores before whatever the caller does next (a barrier).
 FI void end_stream(bool stream) {
 #if defined(__x86_64__) || defined(__i386__)

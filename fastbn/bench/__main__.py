@@ -92,7 +92,8 @@ def parse_args(argv):
     ap.add_argument("--compare", metavar="OLD.json",
                     help="compare the results with an earlier result file")
     ap.add_argument("--results", metavar="NEW.json",
-                    help="with --compare: compare this file instead of running the suite")
+                    help="read this result file instead of running the suite: with --compare, "
+                         "compare it; alone, print its table and summary")
     ap.add_argument("--threshold", type=float, default=0.10,
                     help="slowdown that counts as a regression (default %(default)s = 10%%; "
                          "the p20-p80 ranges must not overlap either)")
@@ -102,8 +103,6 @@ def parse_args(argv):
     ap.add_argument("--fail-on-regression", action="store_true",
                     help="exit with status 1 if --compare finds a regression")
     args = ap.parse_args(argv)
-    if args.results and not args.compare:
-        ap.error("--results needs --compare")
     q = args.quick
     args.shapes = args.shapes or (C.QUICK_SHAPES if q else C.DEFAULT_SHAPES)
     try:
@@ -196,6 +195,12 @@ def main(argv=None, reexec=False):
         torch.set_num_threads(args.threads)
     if args.results:
         new_rows = report.load(args.results)["rows"]
+        if not args.compare:
+            for device in sorted({r["device"] for r in new_rows}):
+                print(f"{device}:")
+                print(report.table([r for r in new_rows if r["device"] == device]))
+            print("\nsummary (fastbn over the shapes of each group):")
+            print(report.summary(new_rows))
     else:
         cases = C.build_cases(args.shape_list, args.dtypes, args.layouts, args.modes,
                               args.devices)
@@ -220,6 +225,8 @@ def main(argv=None, reexec=False):
             print(f"\n{device}:")
             print(report.table([r for r in new_rows if r["device"] == device]))
         print(report.LEGEND)
+        print("\nsummary (fastbn over the shapes of each group):")
+        print(report.summary(new_rows))
         settings = dict(argv=sys.argv[1:] if argv is None else list(argv), quick=args.quick,
                         shapes=[C.shape_str(s) for s in args.shape_list], dtypes=args.dtypes,
                         layouts=args.layouts, modes=args.modes, providers=args.providers,

@@ -109,6 +109,43 @@ def table(rows):
     return "\n".join(out)
 
 
+def _geomean(values):
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
+
+
+def summary(rows):
+    """fastbn's speedups per (mode, dtype, layout) over the shapes of a run: geometric mean
+    and minimum over eager and over compile, and the number of shapes where fastbn was
+    slower; fastbn's time as a multiple of copy_'s. One line per group, then the totals."""
+    groups = {}
+    for r in rows:
+        if r["provider"] == "fastbn" and "error" not in r:
+            groups.setdefault((r["device"], r["mode"], r["dtype"], r["layout"]), []).append(r)
+    header = ["device", "mode", "dtype", "layout", "shapes", "xeager geo", "xeager min",
+              "<eager", "xcompile geo", "xcompile min", "<compile", "/copy_ min", "/copy_ max"]
+    lines, slower = [], {"eager": 0, "compile": 0}
+    for (device, mode, dtype, layout), rs in groups.items():
+        cells = [device, SHORT.get(mode, mode), SHORT.get(dtype, dtype),
+                 SHORT.get(layout, layout), str(len(rs))]
+        for p in ("eager", "compile"):
+            v = [r[f"speedup_vs_{p}"] for r in rs if r.get(f"speedup_vs_{p}")]
+            n = sum(x < 1 for x in v)
+            slower[p] += n
+            cells += [f"{_geomean(v):.2f}", f"{min(v):.2f}", str(n)] if v else ["-", "-", "-"]
+        c = [1 / r["copy_time_ratio"] for r in rs if r.get("copy_time_ratio")]
+        cells += [f"{min(c):.2f}", f"{max(c):.2f}"] if c else ["-", "-"]
+        lines.append(cells)
+    if not lines:
+        return "no fastbn rows"
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *lines)]
+    fmt = lambda cells: "  ".join(str(c).rjust(w) if i >= 4 else str(c).ljust(w)
+                                  for i, (c, w) in enumerate(zip(cells, widths)))
+    total = sum(len(rs) for rs in groups.values())
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(c) for c in lines] +
+                     [f"fastbn slower than eager in {slower['eager']} of {total} cases, "
+                      f"than compile in {slower['compile']}. /copy_: fastbn ms / copy_ ms."])
+
+
 LEGEND = """\
 ms: median time per call, ±: half the p20-p80 spread as % of the median. MiB: input size.
 LLC: 'yes' if the mode's working set (input+output; x, dy, dx for bwd; x, y, dy, dx for
