@@ -672,9 +672,12 @@ void nsc_bwd_sums(const T* x, const T* dy, const NscBlock& b, const A* mean, dou
                   double* s1) {
   using V = typename VecOf<A>::V;
   constexpr int W = VecOf<A>::W;
-  for (int64_t cs = b.c0; cs < b.c1; cs += kSub) {
-    const int64_t ce = imin(b.c1, cs + kSub), nv = (ce - cs) / W, nt = (ce - cs) - nv * W;
-    V a0[kSub / W], a1[kSub / W];
+  // NV > 0: rows of exactly NV vectors, sums in registers (in arrays, every row's additions
+  // would chain through store-to-load forwarding); NV = 0: nv vectors, sums in L1 arrays.
+  auto sub_block = [&]<int NV>(int64_t cs, int64_t nv, int64_t nt) {
+    constexpr int kArr = NV > 0 ? NV : int(kSub / W);
+    if constexpr (NV > 0) nv = NV;
+    V a0[kArr], a1[kArr];
     A t0[W], t1[W];
     for (int64_t v = 0; v < nv; ++v) a0[v] = a1[v] = V{};
     for (int64_t t = 0; t < nt; ++t) t0[t] = t1[t] = 0;
@@ -705,6 +708,16 @@ void nsc_bwd_sums(const T* x, const T* dy, const NscBlock& b, const A* mean, dou
     for (int64_t t = 0; t < nt; ++t) {
       s0[cs - b.c0 + nv * W + t] = t0[t];
       s1[cs - b.c0 + nv * W + t] = t1[t];
+    }
+  };
+  for (int64_t cs = b.c0; cs < b.c1; cs += kSub) {
+    const int64_t ce = imin(b.c1, cs + kSub), nv = (ce - cs) / W, nt = (ce - cs) - nv * W;
+    switch (nv) {
+      case 1: sub_block.template operator()<1>(cs, nv, nt); break;
+      case 2: sub_block.template operator()<2>(cs, nv, nt); break;
+      case 3: sub_block.template operator()<3>(cs, nv, nt); break;
+      case 4: sub_block.template operator()<4>(cs, nv, nt); break;
+      default: sub_block.template operator()<0>(cs, nv, nt);
     }
   }
 }
