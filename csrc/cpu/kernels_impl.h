@@ -8,9 +8,10 @@
 // the partial sums): float lanes are folded into double every kFoldVecs vectors (each float
 // lane then holds at most 64 elements), tails are summed in scalar and folded per run, and the
 // statistics of an NCS piece are exact two-pass: Σx → center, then Σ(x − center) and
-// Σ(x − center)² → mean = center + Σd/n, M2 = Σd² − (Σd)²/n; those of an NSC band are one pass
-// shifted by a sample, with an exact fallback (nsc_moments). With FMA (AVX2, AVX-512) GCC contracts
-// a·b + c in vector bodies and scalar tails alike.
+// Σ(x − center)² → mean = center + Σd/n, M2 = Σd² − (Σd)²/n; those of an NSC band likewise,
+// or, for rows of up to 4 vectors, one pass shifted by a sample with an exact fallback
+// (nsc_moments). With FMA (AVX2, AVX-512) GCC contracts a·b + c in vector bodies and scalar
+// tails alike.
 #ifndef FASTBN_ISA_NS
 #error "define FASTBN_ISA_NS before including kernels_impl.h"
 #endif
