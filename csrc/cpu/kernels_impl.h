@@ -498,6 +498,16 @@ constexpr int64_t kSub = 256;
 // at most the block's rows (≤ 256). Wider rows: two exact passes (see wide).
 constexpr double kShiftSlack = 16;
 
+// Calls f.template operator()<U>(o) for column chunks of U = 4 vectors, then U = 1, from
+// channel c0; returns the first channel not covered by whole vectors.
+template <int W, typename F>
+FI int64_t for_col_chunks(int64_t c0, int64_t c1, const F& f) {
+  int64_t o = c0;
+  for (; o + 4 * W <= c1; o += 4 * W) f.template operator()<4>(o);
+  for (; o + W <= c1; o += W) f.template operator()<1>(o);
+  return o;
+}
+
 // Column chunk of U vectors at channel o of rows [r0, r1) (row length C): s1 += Σd, s2 += Σd²
 // with d = x − shift, in registers.
 template <int U, typename T, typename V>
@@ -513,7 +523,6 @@ FI void column_dev_sums(const T* x, int64_t C, int64_t o, int64_t r0, int64_t r1
     }
   }
 }
-constexpr int64_t kSubMoments = 256;
 
 template <typename T>
 void nsc_moments(const T* x, const NscBlock& b, double* mean, double* m2) {
@@ -522,19 +531,24 @@ void nsc_moments(const T* x, const NscBlock& b, double* mean, double* m2) {
   constexpr int W = VecOf<A>::W;
   const double count = double(b.r1 - b.r0);
   const T* first = x + b.r0 * b.C;
-  auto put = [&](int64_t c, A k, A s1f, A s2f) {
-    const double s1 = s1f, s2 = s2f, q = s2 - s1 * s1 / count;
-    double mu = double(k) + s1 / count, dev = q > 0 ? q : 0;
-    if (s2 > kShiftSlack * dev) {
-      const T* col = x + c;
-      double sum = 0;
-      for (int64_t r = b.r0; r < b.r1; ++r) sum += double(sload(col + r * b.C));
-      mu = sum / count;
-      dev = 0;
-      for (int64_t r = b.r0; r < b.r1; ++r) {
-        const double e = double(sload(col + r * b.C)) - mu;
-        dev += e * e;
-      }
+  // Mean and M2 of channel c from the sums of d = x − center; false when center was too far
+  // from the mean for M2 to keep its precision.
+  auto from_deviations = [&](int64_t c, double center, double s1, double s2) {
+    const double q = s2 - s1 * s1 / count;
+    mean[c - b.c0] = center + s1 / count;
+    m2[c - b.c0] = q > 0 ? q : 0;
+    return !(s2 > kShiftSlack * m2[c - b.c0]);
+  };
+  // Sums shifted by the sample k; a channel the shift does not suit is redone exactly.
+  auto put = [&](int64_t c, A k, A s1, A s2) {
+    if (from_deviations(c, double(k), double(s1), double(s2))) return;
+    const T* col = x + c;
+    double sum = 0, dev = 0;
+    for (int64_t r = b.r0; r < b.r1; ++r) sum += double(sload(col + r * b.C));
+    const double mu = sum / count;
+    for (int64_t r = b.r0; r < b.r1; ++r) {
+      const double e = double(sload(col + r * b.C)) - mu;
+      dev += e * e;
     }
     mean[c - b.c0] = mu;
     m2[c - b.c0] = dev;
@@ -554,18 +568,18 @@ void nsc_moments(const T* x, const NscBlock& b, double* mean, double* m2) {
       for (int l = 0; l < W; ++l) put(o + u * W + l, tk[l], t1[l], t2[l]);
     }
   };
-  // Channels [cs, ce), a multiple of W of them (at most kSubMoments), in two exact passes: Σx
+  // Channels [cs, ce), a multiple of W of them (at most kSub), in two exact passes: Σx
   // row-major into L1 arrays (the block streams from memory in address order) → centers,
   // then the deviations' sums in registers, column chunk by column chunk, from L2.
   auto wide = [&](int64_t cs, int64_t ce) {
     const int64_t nv = (ce - cs) / W;
-    V acc[kSubMoments / W];
+    V acc[kSub / W];
     for (int64_t v = 0; v < nv; ++v) acc[v] = V{};
     for (int64_t r = b.r0; r < b.r1; ++r) {
       const T* row = x + r * b.C + cs;
       for (int64_t v = 0; v < nv; ++v) acc[v] += vload(row + v * W);
     }
-    alignas(64) A center[kSubMoments];
+    alignas(64) A center[kSub];
     for (int64_t v = 0; v < nv; ++v) {
       A t[W];
       std::memcpy(t, &acc[v], sizeof(V));
@@ -584,24 +598,19 @@ void nsc_moments(const T* x, const NscBlock& b, double* mean, double* m2) {
         std::memcpy(t2, &s2[u], sizeof(V));
         for (int l = 0; l < W; ++l) {
           const int64_t j = o - cs + u * W + l;
-          const double d1 = t1[l], q = double(t2[l]) - d1 * d1 / count;
-          mean[cs + j - b.c0] = double(center[j]) + d1 / count;
-          m2[cs + j - b.c0] = q > 0 ? q : 0;
+          from_deviations(cs + j, double(center[j]), double(t1[l]), double(t2[l]));
         }
       }
     };
-    int64_t o = cs;
-    for (; o + 4 * W <= ce; o += 4 * W) dev.template operator()<4>(o);
-    for (; o < ce; o += W) dev.template operator()<1>(o);
+    for_col_chunks<W>(cs, ce, dev);
   };
   const int64_t vec_end = b.c0 + (b.c1 - b.c0) / W * W;
   int64_t o = b.c0;
   if (vec_end - b.c0 > 4 * W) {
-    for (; o < vec_end; o += kSubMoments) wide(o, imin(vec_end, o + kSubMoments));
+    for (; o < vec_end; o += kSub) wide(o, imin(vec_end, o + kSub));
     o = vec_end;
   } else {
-    for (; o + 4 * W <= vec_end; o += 4 * W) chunk.template operator()<4>(o);
-    for (; o < vec_end; o += W) chunk.template operator()<1>(o);
+    o = for_col_chunks<W>(o, vec_end, chunk);
   }
   for (; o < b.c1; ++o) {  // the last channels, fewer than a vector
     const A k = sload(first + o);

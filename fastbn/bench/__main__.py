@@ -185,6 +185,16 @@ def run(args, cases, info):
     return rows
 
 
+def print_report(rows, devices):
+    """The table of each device, the legend and the summary."""
+    for device in devices:
+        print(f"\n{device}:")
+        print(report.table([r for r in rows if r["device"] == device]))
+    print(report.LEGEND)
+    print("\nsummary (fastbn over the shapes of each group):")
+    print(report.summary(rows))
+
+
 def main(argv=None, reexec=False):
     """Runs the command line; reexec=True (the `python -m` entry point only) lets the
     "steady" CPU allocator policy restart the process with its glibc settings."""
@@ -196,11 +206,7 @@ def main(argv=None, reexec=False):
     if args.results:
         new_rows = report.load(args.results)["rows"]
         if not args.compare:
-            for device in sorted({r["device"] for r in new_rows}):
-                print(f"{device}:")
-                print(report.table([r for r in new_rows if r["device"] == device]))
-            print("\nsummary (fastbn over the shapes of each group):")
-            print(report.summary(new_rows))
+            print_report(new_rows, sorted({r["device"] for r in new_rows}))
     else:
         cases = C.build_cases(args.shape_list, args.dtypes, args.layouts, args.modes,
                               args.devices)
@@ -221,12 +227,7 @@ def main(argv=None, reexec=False):
         new_rows = run(args, cases, info)
         elapsed = time.perf_counter() - t0
         print(machine.describe(info))
-        for device in args.devices:
-            print(f"\n{device}:")
-            print(report.table([r for r in new_rows if r["device"] == device]))
-        print(report.LEGEND)
-        print("\nsummary (fastbn over the shapes of each group):")
-        print(report.summary(new_rows))
+        print_report(new_rows, args.devices)
         settings = dict(argv=sys.argv[1:] if argv is None else list(argv), quick=args.quick,
                         shapes=[C.shape_str(s) for s in args.shape_list], dtypes=args.dtypes,
                         layouts=args.layouts, modes=args.modes, providers=args.providers,

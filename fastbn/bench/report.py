@@ -62,6 +62,15 @@ def _spread(row):
     return 50 * (row["p80_ms"] - row["p20_ms"]) / row["median_ms"]
 
 
+def _columns(header, lines):
+    """Header, rule and lines as aligned text lines: the first four columns (the case) left,
+    the numbers right."""
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *lines)]
+    fmt = lambda cells: "  ".join(str(c).rjust(w) if i >= 4 else str(c).ljust(w)  # noqa: E731
+                                  for i, (c, w) in enumerate(zip(cells, widths)))
+    return [fmt(header), fmt(["-" * w for w in widths])] + [fmt(c) for c in lines]
+
+
 def table(rows):
     """Rows of one device -> text table, one line per case."""
     by_case = {}
@@ -99,10 +108,7 @@ def table(rows):
                 v = fast.get(f"speedup_vs_{p}")
                 cells.append(f"{v:.2f}" if v else "-")
         lines.append(cells)
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *lines)]
-    fmt = lambda cells: "  ".join(str(c).rjust(w) if i >= 4 else str(c).ljust(w)
-                                  for i, (c, w) in enumerate(zip(cells, widths)))
-    out = [fmt(header), fmt(["-" * w for w in widths])] + [fmt(c) for c in lines]
+    out = _columns(header, lines)
     errors = [r for r in rows if "error" in r]
     out += [f"error: {r['provider']} {r['shape']} {r['dtype']} {r['layout']} {r['mode']}: "
             f"{r['error']}" for r in errors]
@@ -137,11 +143,8 @@ def summary(rows):
         lines.append(cells)
     if not lines:
         return "no fastbn rows"
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *lines)]
-    fmt = lambda cells: "  ".join(str(c).rjust(w) if i >= 4 else str(c).ljust(w)
-                                  for i, (c, w) in enumerate(zip(cells, widths)))
     total = sum(len(rs) for rs in groups.values())
-    return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(c) for c in lines] +
+    return "\n".join(_columns(header, lines) +
                      [f"fastbn slower than eager in {slower['eager']} of {total} cases, "
                       f"than compile in {slower['compile']}. /copy_: fastbn ms / copy_ ms."])
 
@@ -205,7 +208,7 @@ def compare(old_rows, new_rows, threshold=0.10, check=("fastbn",)):
                      f"(x{ratio:.2f})")
     summary = [f"compared {sum(map(len, ratios.values()))} rows; geometric-mean time ratio "
                "new/old per provider (eager, compile and copy_ show machine drift): "
-               + ", ".join(f"{p} {math.exp(sum(map(math.log, v)) / len(v)):.3f}"
+               + ", ".join(f"{p} {_geomean(v):.3f}"
                            for p, v in ratios.items())]
     if not ratios:
         summary = ["compared 0 rows: no row of the new results matches the old file"]
