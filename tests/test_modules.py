@@ -231,14 +231,11 @@ def test_odd_permuted_view(fb, ref, gen):
     check_step(ref, fm, tm, x, torch.randn(x.shape, generator=gen), "transposed eval")
 
 
-@pytest.mark.parametrize("dim", [1, 2, 3])
-def test_large_offset_numerics(fb, ref, gen, dim):
-    """1000 + small noise in float32 must normalize as well as torch.nn does."""
-    shape = {1: (64, 4, 33), 2: (8, 4, 13, 11), 3: (4, 3, 5, 7, 9)}[dim]
-    fm, tm = make_pair(fb, dim, shape[1], torch.float32, gen)
+def check_train_step_numerics(ref, fm, tm, x, gen):
+    """One training step of fastbn and torch.nn on x: the output, the gradients and the
+    running stats must be as close to the float64 reference as torch.nn's (assert_error_bound)."""
     rm0, rv0 = to_np(fm.running_mean), to_np(fm.running_var)
-    x = make_tensor(shape, torch.float32, "contiguous", gen, scale=1e-2, offset=1000.0)
-    dy = make_tensor(shape, torch.float32, "contiguous", gen)
+    dy = make_tensor(x.shape, x.dtype, "contiguous", gen)
     xf, xt = x.clone().requires_grad_(), x.clone().requires_grad_()
     yf, yt = fm(xf), tm(xt)
     yf.backward(dy)
@@ -252,9 +249,35 @@ def test_large_offset_numerics(fb, ref, gen, dim):
     assert_error_bound(xf.grad, xt.grad, dx, "grad input")
     assert_error_bound(fm.weight.grad, tm.weight.grad, dw, "grad weight")
     assert_error_bound(fm.bias.grad, tm.bias.grad, db, "grad bias")
-    new_m, new_v = ref.update_running_stats(rm0, rv0, mean, ref.batch_var(xn), x.numel() // shape[1], momentum=0.1)
+    count = x.numel() // x.shape[1]
+    new_m, new_v = ref.update_running_stats(rm0, rv0, mean, ref.batch_var(xn), count, momentum=0.1)
     assert_error_bound(fm.running_mean, tm.running_mean, new_m, "running_mean")
     assert_error_bound(fm.running_var, tm.running_var, new_v, "running_var")
+
+
+@pytest.mark.parametrize("dim", [1, 2, 3])
+def test_large_offset_numerics(fb, ref, gen, dim):
+    """1000 + small noise in float32 must normalize as well as torch.nn does."""
+    shape = {1: (64, 4, 33), 2: (8, 4, 13, 11), 3: (4, 3, 5, 7, 9)}[dim]
+    fm, tm = make_pair(fb, dim, shape[1], torch.float32, gen)
+    x = make_tensor(shape, torch.float32, "contiguous", gen, scale=1e-2, offset=1000.0)
+    check_train_step_numerics(ref, fm, tm, x, gen)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("shape", [(16, 4, 7, 7), (4, 3, 96, 96), (300, 24, 3, 3)])
+@pytest.mark.parametrize("outlier", [0.03, 5.0])
+def test_first_element_outlier_numerics(fb, ref, gen, shape, layout, outlier):
+    """The CPU statistics take one pass shifted by the first element of each piece of a
+    channel (NCHW) or of each band of rows (channels_last). A first element far out (5.0 is
+    500 standard deviations of the rest) must send its channels to the exact two-pass path
+    instead of cancelling away the variance; one 3 deviations out stays on the one-pass path.
+    (4, 3, 96, 96) has two pieces per channel, (300, 24, 3, 3) several bands."""
+    fm, tm = make_pair(fb, 2, shape[1], torch.float32, gen)
+    x = make_tensor(shape, torch.float32, layout, gen, scale=1e-2, offset=1000.0)
+    with torch.no_grad():
+        x[0, :, 0, 0] = 1000.0 + outlier
+    check_train_step_numerics(ref, fm, tm, x, gen)
 
 
 @pytest.mark.parametrize("dim", [1, 2, 3])

@@ -49,6 +49,8 @@ constexpr int64_t kCoreBudget = 1280 * 1024;
 // per-band float sums stay accurate.
 constexpr int64_t kBandBytes = 256 * 1024;
 constexpr int64_t kMaxBandRows = 256;
+// Bytes of input per block of channels normalized sample by sample (see channel_block).
+constexpr int64_t kBlockBytes = 256 * 1024;
 // Below this many bytes of input a call runs on the calling thread.
 constexpr int64_t kSerialBytes = 192 * 1024;
 
@@ -193,6 +195,15 @@ void prefetch_channel(const K* x, const Layout& L, int64_t c) {
 }
 bool short_runs(const Layout& L, int64_t esize) { return L.S * esize <= 2048 && L.N > 1; }
 
+// Channels per block when every channel is one piece, else 1. The whole-channel paths reduce
+// each channel of a block, then write the block's output sample by sample: there the block's
+// runs are contiguous, whereas one channel's runs lie C·S apart (often a multiple of 4 KiB, so
+// they share L1 sets, and the stores alias the next run's loads).
+int64_t channel_block(const Layout& L, int64_t bytes_per_elem) {
+  if (num_pieces(L) > 1) return 1;
+  return std::clamp<int64_t>(kBlockBytes / (L.per_channel() * bytes_per_elem), 1, L.C);
+}
+
 // Per-band partial results (NSC): reused across calls so that large scratch arrays cost no
 // page faults. Every element that is read was written by the same call.
 double* scratch(int slot, size_t n) {
@@ -335,14 +346,25 @@ void forward_train_impl(const TrainForwardArgs& a) {
   };
   if (whole_channels_per_thread(L, esize, serial)) {
     const bool prefetch = short_runs(L, esize);
+    const int64_t block = channel_block(L, esize);
+    AffineArrays<A> t(L.C);
     par(serial, 0, L.C, [&](int64_t c0, int64_t c1) {
       if (prefetch) prefetch_channel(x, L, c0);
-      for (int64_t c = c0; c < c1; ++c) {
-        if (prefetch && c + 1 < c1) prefetch_channel(x, L, c + 1);
-        Moments<double> m{0, 0, 0};
-        for (int64_t p = 0; p < pieces; ++p) m = chan_merge(m, moments(c, p));
-        const ChannelAffine<A> t = finish(c, m);
-        kern.ncs_affine(x, y, {L.C, L.S, c, 0, M, stream}, t.center, t.scale, t.shift);
+      for (int64_t cb = c0; cb < c1; cb += block) {
+        const int64_t ce = std::min(c1, cb + block);
+        for (int64_t c = cb; c < ce; ++c) {
+          if (prefetch && c + 1 < c1) prefetch_channel(x, L, c + 1);
+          Moments<double> m{0, 0, 0};
+          for (int64_t p = 0; p < pieces; ++p) m = chan_merge(m, moments(c, p));
+          t.set(c, finish(c, m));
+        }
+        if (block == 1) {
+          kern.ncs_affine(x, y, {L.C, L.S, cb, 0, M, stream}, t.center[cb], t.scale[cb], t.shift[cb]);
+          continue;
+        }
+        for (int64_t n = 0; n < L.N; ++n)
+          kern.ncs_affine_rows(x, y, {L.C, L.S, n * L.C + cb, n * L.C + ce, stream}, t.center.data(),
+                               t.scale.data(), t.shift.data());
       }
     });
     return;
@@ -504,16 +526,15 @@ void backward_impl(const BackwardArgs& a) {
   auto dx_piece = [&](int64_t c, const NcsPiece& q) {
     kern.ncs_bwd_dx(x, dy, dx, q, mean[c], k.center[c], k.scale[c], k.shift[c]);
   };
+  auto dx_rows = [&](int64_t k0, int64_t k1) {
+    kern.ncs_bwd_dx_rows(x, dy, dx, {L.C, L.S, k0, k1, stream}, mean, k.center.data(),
+                         k.scale.data(), k.shift.data());
+  };
   if (!want_sums) {
     for (int64_t c = 0; c < L.C; ++c) set_coefs(c, finish(c, 0, 0));
     if (!dx) return;
     const int64_t grain = std::max<int64_t>(1, 16384 / L.S);
-    auto body = [&](int64_t k0, int64_t k1) {
-      for (int64_t i = k0; i < k1; ++i) {
-        const int64_t n = i / L.C, c = i % L.C;
-        dx_piece(c, {L.C, L.S, c, n * L.S, (n + 1) * L.S, stream});
-      }
-    };
+    auto body = [&](int64_t k0, int64_t k1) { dx_rows(k0, k1); };
     if (serial) body(0, L.N * L.C);
     else at::parallel_for(0, L.N * L.C, grain, body);
     return;
@@ -526,20 +547,27 @@ void backward_impl(const BackwardArgs& a) {
   if (whole_channels_per_thread(L, 2 * esize, serial)) {
     // Reductions then dx per channel, while the channel is still in cache.
     const bool prefetch = short_runs(L, esize);
+    const int64_t block = channel_block(L, 2 * esize);  // as in the training forward
     par(serial, 0, L.C, [&](int64_t c0, int64_t c1) {
-      for (int64_t c = c0; c < c1; ++c) {
-        if (prefetch && c + 1 < c1) {
-          prefetch_channel(x, L, c + 1);
-          prefetch_channel(dy, L, c + 1);
+      for (int64_t cb = c0; cb < c1; cb += block) {
+        const int64_t ce = std::min(c1, cb + block);
+        for (int64_t c = cb; c < ce; ++c) {
+          if (prefetch && c + 1 < c1) {
+            prefetch_channel(x, L, c + 1);
+            prefetch_channel(dy, L, c + 1);
+          }
+          double s0 = 0, s1 = 0;
+          for (int64_t p = 0; p < pieces; ++p) {
+            const auto s = sums(c, p);
+            s0 += s[0];
+            s1 += s[1];
+          }
+          set_coefs(c, finish(c, s0, s1));
         }
-        double s0 = 0, s1 = 0;
-        for (int64_t p = 0; p < pieces; ++p) {
-          const auto s = sums(c, p);
-          s0 += s[0];
-          s1 += s[1];
-        }
-        set_coefs(c, finish(c, s0, s1));
-        if (dx) dx_piece(c, {L.C, L.S, c, 0, M, stream});
+        if (!dx) continue;
+        if (block == 1) dx_piece(cb, {L.C, L.S, cb, 0, M, stream});
+        else
+          for (int64_t n = 0; n < L.N; ++n) dx_rows(n * L.C + cb, n * L.C + ce);
       }
     });
     return;

@@ -56,6 +56,9 @@ struct Kernels {
   void (*ncs_bwd_sums)(const T* x, const T* dy, const NcsPiece& p, A mean, double* out);
   // dx = dy·k0 + (x − mean)·k1 + k2 over a piece.
   void (*ncs_bwd_dx)(const T* x, const T* dy, T* dx, const NcsPiece& p, A mean, A k0, A k1, A k2);
+  // dx = dy·k0[c] + (x − mean[c])·k1[c] + k2[c] over rows (arrays indexed by c).
+  void (*ncs_bwd_dx_rows)(const T* x, const T* dy, T* dx, const NcsRows& r, const A* mean,
+                          const A* k0, const A* k1, const A* k2);
   // Per channel c in [c0, c1): mean and M2 of the block's rows (rows of up to 4 vectors: one
   // pass shifted by a sample, exact for a channel the shift does not suit; wider rows: two
   // exact passes), written to mean[c − c0], m2[c − c0].

@@ -22,6 +22,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "cpu/kernels.h"
 
@@ -209,41 +210,63 @@ FI void end_stream(bool stream) {
 // ---------------------------------------------------------------- reductions
 constexpr int64_t kFoldVecs = 64;  // vectors per float block (16 per accumulator)
 
-// W double lanes plus a scalar tail, summed in a fixed order at the end.
+// Double vector lanes plus a scalar tail, summed in a fixed order at the end. A float vector
+// folds in as its two halves widened to double (two conversions and two additions, not a
+// scalar conversion per lane).
+typedef float vhf __attribute__((vector_size(VB / 2)));
 template <typename A>
 struct DSum {
-  static constexpr int W = VecOf<A>::W;
-  double lane[W] = {};
+  vd lo = {}, hi = {};
   double tail = 0;
   FI void fold(typename VecOf<A>::V v) {
-    A t[W];
-    std::memcpy(t, &v, sizeof(v));
-    for (int l = 0; l < W; ++l) lane[l] += double(t[l]);
+    if constexpr (sizeof(A) == 8) {
+      lo += v;
+    } else {
+      vhf h0, h1;
+      std::memcpy(&h0, &v, VB / 2);
+      std::memcpy(&h1, reinterpret_cast<const char*>(&v) + VB / 2, VB / 2);
+      lo += __builtin_convertvector(h0, vd);
+      hi += __builtin_convertvector(h1, vd);
+    }
   }
   FI double total() const {
+    const vd v = lo + hi;
+    double t[VB / 8];
+    std::memcpy(t, &v, VB);
     double s = 0;
-    for (int l = 0; l < W; ++l) s += lane[l];
+    for (int l = 0; l < VB / 8; ++l) s += t[l];
     return s + tail;
   }
 };
 
-// v with all but its last r lanes set to zero (a compare against a constant lane index).
+// Keeps the last r lanes of a vector and zeroes the others (the mask is computed once, from a
+// compare against a constant lane index).
 typedef int64_t vi64 __attribute__((vector_size(VB)));
 template <typename V>
-FI V keep_last(V v, int r) {
-  if constexpr (sizeof(v[0]) == 4) {
-    alignas(64) static constexpr int32_t iota[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
-    vi32 lane;
-    std::memcpy(&lane, iota, VB);
-    const vi32 keep = lane >= (VB / 4 - r);
-    return (V)((vi32)v & keep);
-  } else {
-    alignas(64) static constexpr int64_t iota[8] = {0, 1, 2, 3, 4, 5, 6, 7};
-    vi64 lane;
-    std::memcpy(&lane, iota, VB);
-    const vi64 keep = lane >= int64_t(VB / 8 - r);
-    return (V)((vi64)v & keep);
+struct LastLanes {
+  using M = std::conditional_t<sizeof(V{}[0]) == 4, vi32, vi64>;
+  M keep;
+  FI explicit LastLanes(int r) {
+    alignas(64) static constexpr int32_t iota32[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+    alignas(64) static constexpr int64_t iota64[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+    M lane;
+    std::memcpy(&lane, sizeof(V{}[0]) == 4 ? (const void*)iota32 : (const void*)iota64, VB);
+    keep = (M)(lane >= int(sizeof(V) / sizeof(V{}[0])) - r);
   }
+  FI V operator()(V v) const { return (V)((M)v & keep); }
+};
+
+// Moments from sums shifted by a sample. With d = x − center over n values: mean = center +
+// Σd/n, M2 = Σd² − (Σd)²/n. When the center is a sample, |mean − center| is of the order of
+// the standard deviation and M2 keeps its precision; when it was an outlier (Σd² >
+// kShiftSlack·M2) this returns false and the caller redoes the values in two exact passes.
+constexpr double kShiftSlack = 16;
+FI bool moments_from_deviations(double center, double s1, double s2, double n, double* mean,
+                                double* m2) {
+  const double q = s2 - s1 * s1 / n;
+  *mean = center + s1 / n;
+  *m2 = q > 0 ? q : 0;
+  return !(s2 > kShiftSlack * *m2);
 }
 
 // NCS piece as contiguous runs f(offset, length) (one division per piece, not per run).
@@ -264,9 +287,9 @@ FI void for_each_run(const NcsPiece& p, const F& f) {
 
 // Σ g(i) over the runs of a piece for K quantities: 4 vector accumulators per quantity that
 // persist across runs (short runs cost no fold), folded into double lanes every kFoldVecs
-// vectors and at the end; scalar tails in float, folded every 64 elements and at the end.
-// vfun(p, a) adds the K vectors of elements [p, p + W) of the current run to a; sfun(p, t) the
-// K scalars of element p.
+// vectors and at the end; runs shorter than a vector in scalar, in float, folded every 64
+// elements and at the end. The terms of a run (SumTerms, DevTerms, BwdTerms) add K vectors
+// (vec) or K scalars (scal) at an element index.
 template <typename A, int K>
 struct Reducer {
   using V = typename VecOf<A>::V;
@@ -291,39 +314,44 @@ struct Reducer {
     }
     nscalar = 0;
   }
-  template <typename VF, typename SF>
-  FI void run(int64_t n, const VF& vfun, const SF& sfun) {
+  // One run of n elements of the terms f (see SumTerms).
+  template <typename F>
+  FI void run(const F& f, int64_t n) {
+    if (n >= W) {
+      vectors(f, n, LastLanes<V>(int(n % W)));
+      return;
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      f.scal(i, t);
+      if (++nscalar >= 64) flush_tail();
+    }
+  }
+  // A run of n ≥ W elements in vectors; last keeps the lanes of its final vector (which ends
+  // at the run's end) that the whole vectors did not cover.
+  template <typename F>
+  FI void vectors(const F& f, int64_t n, const LastLanes<V>& last) {
     int64_t i = 0;
     for (; i + 4 * W <= n; i += 4 * W) {
-      vfun(i, a0);
-      vfun(i + W, a1);
-      vfun(i + 2 * W, a2);
-      vfun(i + 3 * W, a3);
+      f.vec(i, a0);
+      f.vec(i + W, a1);
+      f.vec(i + 2 * W, a2);
+      f.vec(i + 3 * W, a3);
       if ((nvec += 4) >= kFoldVecs) flush();
     }
     // Up to 3 more whole vectors and a partial one, each into its own accumulator so that
     // short runs (e.g. 7×7 maps) do not chain their additions through one register.
     const int64_t q = (n - i) / W;
-    if (q > 0) vfun(i, a0);
-    if (q > 1) vfun(i + W, a1);
-    if (q > 2) vfun(i + 2 * W, a2);
-    i += q * W;
+    if (q > 0) f.vec(i, a0);
+    if (q > 1) f.vec(i + W, a1);
+    if (q > 2) f.vec(i + 2 * W, a2);
     nvec += q;
-    if (i < n && n >= W) {
-      // The last r < W elements: one vector ending at the run's end, the lanes that overlap
-      // elements already summed zeroed.
-      const int r = int(n - i);
+    if (i + q * W < n) {
       V v[K] = {};
-      vfun(n - W, v);
-      for (int k = 0; k < K; ++k) a3[k] += keep_last(v[k], r);
+      f.vec(n - W, v);
+      for (int k = 0; k < K; ++k) a3[k] += last(v[k]);
       ++nvec;
-      i = n;
     }
     if (nvec >= kFoldVecs - 4) flush();
-    for (; i < n; ++i) {
-      sfun(i, t);
-      if (++nscalar >= 64) flush_tail();
-    }
   }
   FI void finish() {
     flush();
@@ -384,29 +412,39 @@ struct BwdTerms {  // Σdy, Σdy·(x − mean)
 // Totals of make(offset) terms over the runs of a piece.
 template <typename A, int K, typename Make>
 FI void piece_totals(const NcsPiece& p, const Make& make, double* out) {
+  constexpr int W = VecOf<A>::W;
   Reducer<A, K> r;
-  for_each_run(p, [&](int64_t off, int64_t len) {
-    const auto f = make(off);
-    r.run(len, [&f](int64_t i, typename VecOf<A>::V* a) { f.vec(i, a); },
-          [&f](int64_t i, A* t) { f.scal(i, t); });
-  });
+  if (p.S >= W && p.j0 % p.S == 0 && p.j1 % p.S == 0) {
+    // Whole runs of one length (small maps: many short runs): the same sums as run() per run,
+    // with the tail mask and the run bookkeeping hoisted out of the loop.
+    const LastLanes<typename VecOf<A>::V> last(int(p.S % W));
+    const int64_t stride = p.C * p.S, n1 = p.j1 / p.S;
+    int64_t off = (p.j0 / p.S * p.C + p.c) * p.S;
+    for (int64_t n = p.j0 / p.S; n < n1; ++n, off += stride) r.vectors(make(off), p.S, last);
+  } else {
+    for_each_run(p, [&](int64_t off, int64_t len) { r.run(make(off), len); });
+  }
   r.finish();
   for (int k = 0; k < K; ++k) out[k] = r.out[k].total();
 }
 
+// One pass shifted by the piece's first element; two exact passes (Σx → center, then the
+// deviations) for a piece whose first element the shift does not suit.
 template <typename T>
 void ncs_moments(const T* x, const NcsPiece& p, double* out) {
   using A = typename KAcc<T>::type;
   const double count = double(p.j1 - p.j0);
-  double sum[1], dev[2];
+  double dev[2];
+  auto deviations = [&](A center) {
+    piece_totals<A, 2>(p, [x, center](int64_t off) { return DevTerms<T, A>(x + off, center); },
+                       dev);
+    return moments_from_deviations(double(center), dev[0], dev[1], count, &out[0], &out[1]);
+  };
+  const int64_t n = p.j0 / p.S;
+  if (deviations(A(sload(x + (n * p.C + p.c) * p.S + (p.j0 - n * p.S))))) return;
+  double sum[1];
   piece_totals<A, 1>(p, [x](int64_t off) { return SumTerms<T, A>{x + off}; }, sum);
-  const A center = A(sum[0] / count);
-  piece_totals<A, 2>(p, [x, center](int64_t off) { return DevTerms<T, A>(x + off, center); },
-                        dev);
-  // mean = center + Σd/n, M2 = Σd² − (Σd)²/n
-  const double m2 = dev[1] - dev[0] * dev[0] / count;
-  out[0] = double(center) + dev[0] / count;
-  out[1] = m2 > 0 ? m2 : 0;
+  deviations(A(sum[0] / count));
 }
 
 template <typename T, typename A>
@@ -484,19 +522,26 @@ void ncs_affine_rows(const T* x, T* y, const NcsRows& r, const A* center, const 
   end_stream(r.stream);
 }
 
+template <typename T, typename A>
+void ncs_bwd_dx_rows(const T* x, const T* dy, T* dx, const NcsRows& r, const A* mean, const A* k0,
+                     const A* k1, const A* k2) {
+  for_each_row(r, [&](int64_t c, int64_t off) {
+    dx_run(x + off, dy + off, dx + off, r.S, mean[c], k0[c], k1[c], k2[c], r.stream);
+  });
+  end_stream(r.stream);
+}
+
 // ---------------------------------------------------------------- NSC kernels
 // Channel columns are processed in sub-blocks of kSub channels: full vectors in registers or
 // L1 arrays, the remaining < W channels in scalar.
 constexpr int64_t kSub = 256;
 
 // Rows of up to 4 vectors (C ≤ 64 floats): one pass, per channel sums of d = x − K and d²
-// with K the channel's value in the block's first row, in registers over all the rows (in L1
-// arrays every row's additions would chain through store-to-load forwarding). K is a sample,
-// so |mean − K| is of the order of the standard deviation and M2 = Σd² − (Σd)²/n keeps its
-// precision; a channel where it does not (Σd² > kShiftSlack·M2: K was an outlier) is redone in
-// two exact passes over its column of the block, which is still in L2. The float sums cover
-// at most the block's rows (≤ 256). Wider rows: two exact passes (see wide).
-constexpr double kShiftSlack = 16;
+// with K the channel's value in the block's first row (moments_from_deviations), in registers
+// over all the rows (in L1 arrays every row's additions would chain through store-to-load
+// forwarding); a channel K does not suit is redone in two exact passes over its column of the
+// block, which is still in L2. The float sums cover at most the block's rows (≤ 256). Wider
+// rows: two exact passes (see wide).
 
 // Calls f.template operator()<U>(o) for column chunks of U = 4 vectors, then U = 1, from
 // channel c0; returns the first channel not covered by whole vectors.
@@ -531,13 +576,8 @@ void nsc_moments(const T* x, const NscBlock& b, double* mean, double* m2) {
   constexpr int W = VecOf<A>::W;
   const double count = double(b.r1 - b.r0);
   const T* first = x + b.r0 * b.C;
-  // Mean and M2 of channel c from the sums of d = x − center; false when center was too far
-  // from the mean for M2 to keep its precision.
   auto from_deviations = [&](int64_t c, double center, double s1, double s2) {
-    const double q = s2 - s1 * s1 / count;
-    mean[c - b.c0] = center + s1 / count;
-    m2[c - b.c0] = q > 0 ? q : 0;
-    return !(s2 > kShiftSlack * m2[c - b.c0]);
+    return moments_from_deviations(center, s1, s2, count, &mean[c - b.c0], &m2[c - b.c0]);
   };
   // Sums shifted by the sample k; a channel the shift does not suit is redone exactly.
   auto put = [&](int64_t c, A k, A s1, A s2) {
@@ -761,6 +801,7 @@ Kernels<T> make_kernels() {
   k.ncs_affine_rows = &ncs_affine_rows<T, A>;
   k.ncs_bwd_sums = &ncs_bwd_sums<T, A>;
   k.ncs_bwd_dx = &ncs_bwd_dx<T, A>;
+  k.ncs_bwd_dx_rows = &ncs_bwd_dx_rows<T, A>;
   k.nsc_moments = &nsc_moments<T>;
   k.nsc_affine = &nsc_affine<T, A>;
   k.nsc_bwd_sums = &nsc_bwd_sums<T, A>;

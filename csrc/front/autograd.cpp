@@ -81,6 +81,8 @@ struct TrainFunction : public torch::autograd::Function<TrainFunction> {
     ctx->save_for_backward({input, weight.value_or(at::Tensor()), mean, invstd});
     ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
     ctx->mark_non_differentiable({mean, invstd});
+    // The saved statistics never get a gradient: no zero tensors materialized for them.
+    ctx->set_materialize_grads(false);
     return {y, mean, invstd};
   }
 
