@@ -2,7 +2,7 @@
 
 The decomposition into pieces, bands and rows depends only on the shape and dtype, and the
 paths the threading picks (whole channels per thread, pieces spread over the threads, channel
-blocks read sample by sample) sum every channel the same way: outputs, statistics and
+blocks written sample by sample) sum every channel the same way: outputs, statistics and
 gradients are equal bit for bit with 1 and 2 threads. The shapes are large enough to be
 split over threads (more than 192 KiB) and cover short runs (7×7 maps) in one piece and in
 several, long runs, channel counts that do and do not divide among the threads, and

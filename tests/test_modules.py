@@ -265,14 +265,15 @@ def test_large_offset_numerics(fb, ref, gen, dim):
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("shape", [(16, 4, 7, 7), (4, 3, 96, 96), (300, 24, 3, 3)])
+@pytest.mark.parametrize("shape", [(16, 4, 7, 7), (4, 3, 96, 96), (300, 24, 3, 3), (8, 200, 5, 5)])
 @pytest.mark.parametrize("outlier", [0.03, 5.0])
 def test_first_element_outlier_numerics(fb, ref, gen, shape, layout, outlier):
     """The CPU statistics take one pass shifted by the first element of each piece of a
     channel (NCHW) or of each band of rows (channels_last). A first element far out (5.0 is
     500 standard deviations of the rest) must send its channels to the exact two-pass path
     instead of cancelling away the variance; one 3 deviations out stays on the one-pass path.
-    (4, 3, 96, 96) has two pieces per channel, (300, 24, 3, 3) several bands."""
+    (4, 3, 96, 96) has two pieces per channel, (300, 24, 3, 3) several bands, and the 200
+    channels of (8, 200, 5, 5) span column chunks of every width and a scalar remainder."""
     fm, tm = make_pair(fb, 2, shape[1], torch.float32, gen)
     x = make_tensor(shape, torch.float32, layout, gen, scale=1e-2, offset=1000.0)
     with torch.no_grad():

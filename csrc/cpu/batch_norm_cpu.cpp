@@ -3,16 +3,17 @@
 //
 // Pass structure (see shared/design/cpu-anchors.md):
 // - NCS (contiguous): a channel is split into pieces of kPiece elements; the statistics of a
-//   piece are exact two-pass (the second pass re-reads it from L2), pieces are merged with
-//   Chan's formula in double in piece order. When the channels spread evenly over the
-//   threads, each thread owns a run of channels and normalizes
-//   (or computes dx for) each channel right after its statistics, while it is in L2: X is read
-//   once from memory. Otherwise (fewer channels than threads, or an uneven split) the pieces
-//   of all channels are spread over the threads, merged per channel behind a barrier, and each
-//   thread normalizes the pieces it reduced.
+//   piece take one pass shifted by its first element (see kernels_impl.h), pieces are merged
+//   with Chan's formula in double in piece order. When the channels spread evenly over the
+//   threads, each thread owns a run of channels and normalizes (or computes dx for) each
+//   channel right after its statistics, while it is in L2: X is read once from memory.
+//   Channels of one piece go by blocks (channel_block): statistics channel by channel, then
+//   the block's output sample by sample. Otherwise (fewer channels than threads, or an uneven
+//   split) the pieces of all channels are spread over the threads, merged per channel behind a
+//   barrier, and each thread normalizes the pieces it reduced.
 // - NSC (channels_last): bands of rows (their size depends only on C and the dtype); per band
-//   and channel the moments (vector lanes = channels; rows of up to 4 vectors in one pass
-//   shifted by a sample, wider rows in two exact passes, see nsc_moments); band moments merged
+//   and channel the moments (vector lanes = channels, one pass shifted by the band's first
+//   row, see nsc_moments); band moments merged
 //   per channel in band order behind a barrier; each thread then normalizes its own bands, last
 //   read first, so that the second read of X finds the most recently reduced bands still in
 //   L2/L3.
@@ -182,19 +183,6 @@ bool is_serial(const Layout& L, int64_t bytes_per_elem) {
   return L.numel() * bytes_per_elem < kSerialBytes || at::get_num_threads() == 1 || at::in_parallel_region();
 }
 
-// NCS channels made of short runs (small S: one short run per sample, C·S apart) defeat the
-// hardware prefetchers; the whole-channel paths prefetch the next channel's runs by hand.
-template <typename K>
-void prefetch_channel(const K* x, const Layout& L, int64_t c) {
-  const int64_t bytes = L.S * int64_t(sizeof(K));
-  for (int64_t n = 0; n < L.N; ++n) {
-    const char* p = reinterpret_cast<const char*>(x + (n * L.C + c) * L.S);
-    for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(p + o);
-    __builtin_prefetch(p + bytes - 1);
-  }
-}
-bool short_runs(const Layout& L, int64_t esize) { return L.S * esize <= 2048 && L.N > 1; }
-
 // Channels per block when every channel is one piece, else 1. The whole-channel paths reduce
 // each channel of a block, then write the block's output sample by sample: there the block's
 // runs are contiguous, whereas one channel's runs lie C·S apart (often a multiple of 4 KiB, so
@@ -345,15 +333,12 @@ void forward_train_impl(const TrainForwardArgs& a) {
     return Moments<double>{double(q.j1 - q.j0), o[0], o[1]};
   };
   if (whole_channels_per_thread(L, esize, serial)) {
-    const bool prefetch = short_runs(L, esize);
     const int64_t block = channel_block(L, esize);
     AffineArrays<A> t(L.C);
     par(serial, 0, L.C, [&](int64_t c0, int64_t c1) {
-      if (prefetch) prefetch_channel(x, L, c0);
       for (int64_t cb = c0; cb < c1; cb += block) {
         const int64_t ce = std::min(c1, cb + block);
         for (int64_t c = cb; c < ce; ++c) {
-          if (prefetch && c + 1 < c1) prefetch_channel(x, L, c + 1);
           Moments<double> m{0, 0, 0};
           for (int64_t p = 0; p < pieces; ++p) m = chan_merge(m, moments(c, p));
           t.set(c, finish(c, m));
@@ -546,16 +531,11 @@ void backward_impl(const BackwardArgs& a) {
   };
   if (whole_channels_per_thread(L, 2 * esize, serial)) {
     // Reductions then dx per channel, while the channel is still in cache.
-    const bool prefetch = short_runs(L, esize);
     const int64_t block = channel_block(L, 2 * esize);  // as in the training forward
     par(serial, 0, L.C, [&](int64_t c0, int64_t c1) {
       for (int64_t cb = c0; cb < c1; cb += block) {
         const int64_t ce = std::min(c1, cb + block);
         for (int64_t c = cb; c < ce; ++c) {
-          if (prefetch && c + 1 < c1) {
-            prefetch_channel(x, L, c + 1);
-            prefetch_channel(dy, L, c + 1);
-          }
           double s0 = 0, s1 = 0;
           for (int64_t p = 0; p < pieces; ++p) {
             const auto s = sums(c, p);

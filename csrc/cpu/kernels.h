@@ -45,7 +45,8 @@ struct NscBlock {
 template <typename T>
 struct Kernels {
   using A = typename KAcc<T>::type;
-  // Exact two-pass moments of a piece: out = {mean, M2} (count is j1 − j0).
+  // Moments of a piece: out = {mean, M2} (count is j1 − j0); one pass shifted by its first
+  // element, two exact passes if that element does not suit.
   void (*ncs_moments)(const T* x, const NcsPiece& p, double* out);
   // y = (x − center)·scale + shift over a piece.
   void (*ncs_affine)(const T* x, T* y, const NcsPiece& p, A center, A scale, A shift);
@@ -59,9 +60,9 @@ struct Kernels {
   // dx = dy·k0[c] + (x − mean[c])·k1[c] + k2[c] over rows (arrays indexed by c).
   void (*ncs_bwd_dx_rows)(const T* x, const T* dy, T* dx, const NcsRows& r, const A* mean,
                           const A* k0, const A* k1, const A* k2);
-  // Per channel c in [c0, c1): mean and M2 of the block's rows (rows of up to 4 vectors: one
-  // pass shifted by a sample, exact for a channel the shift does not suit; wider rows: two
-  // exact passes), written to mean[c − c0], m2[c − c0].
+  // Per channel c in [c0, c1): mean and M2 of the block's rows (one pass shifted by the first
+  // row, two exact passes for a channel the shift does not suit), written to mean[c − c0],
+  // m2[c − c0].
   void (*nsc_moments)(const T* x, const NscBlock& b, double* mean, double* m2);
   // y = (x − center[c])·scale[c] + shift[c] over the block (parameter arrays indexed by c).
   void (*nsc_affine)(const T* x, T* y, const NscBlock& b, const A* center, const A* scale,

@@ -6,12 +6,12 @@
 //
 // Numerics, identical in every ISA up to the vector width (which only changes the order of
 // the partial sums): float lanes are folded into double every kFoldVecs vectors (each float
-// lane then holds at most 64 elements), tails are summed in scalar and folded per run, and the
-// statistics of an NCS piece are exact two-pass: Σx → center, then Σ(x − center) and
-// Σ(x − center)² → mean = center + Σd/n, M2 = Σd² − (Σd)²/n; those of an NSC band likewise,
-// or, for rows of up to 4 vectors, one pass shifted by a sample with an exact fallback
-// (nsc_moments). With FMA (AVX2, AVX-512) GCC contracts a·b + c in vector bodies and scalar
-// tails alike.
+// lane then holds at most 64 elements), runs shorter than a vector are summed in scalar, and
+// the statistics of an NCS piece or an NSC band take one pass shifted by a sample K (the
+// piece's first element, the band's first row): Σ(x − K) and Σ(x − K)² → mean = K + Σd/n,
+// M2 = Σd² − (Σd)²/n, redone in two exact passes (Σx → center, then the deviations) where K
+// was too far out for M2 to keep its precision (moments_from_deviations). With FMA (AVX2,
+// AVX-512) GCC contracts a·b + c in vector bodies and scalar tails alike.
 #ifndef FASTBN_ISA_NS
 #error "define FASTBN_ISA_NS before including kernels_impl.h"
 #endif
@@ -532,22 +532,21 @@ void ncs_bwd_dx_rows(const T* x, const T* dy, T* dx, const NcsRows& r, const A* 
 }
 
 // ---------------------------------------------------------------- NSC kernels
-// Channel columns are processed in sub-blocks of kSub channels: full vectors in registers or
-// L1 arrays, the remaining < W channels in scalar.
-constexpr int64_t kSub = 256;
-
-// Rows of up to 4 vectors (C ≤ 64 floats): one pass, per channel sums of d = x − K and d²
-// with K the channel's value in the block's first row (moments_from_deviations), in registers
+// Band moments in one pass: per channel sums of d = x − K and d² with K the channel's value in
+// the block's first row (moments_from_deviations), column chunk by column chunk in registers
 // over all the rows (in L1 arrays every row's additions would chain through store-to-load
-// forwarding); a channel K does not suit is redone in two exact passes over its column of the
-// block, which is still in L2. The float sums cover at most the block's rows (≤ 256). Wider
-// rows: two exact passes (see wide).
+// forwarding, and two exact passes read the band twice); a channel K does not suit is redone
+// in two exact passes over its column of the block, which is still in L2. The float sums
+// cover at most the block's rows (≤ 256).
 
-// Calls f.template operator()<U>(o) for column chunks of U = 4 vectors, then U = 1, from
-// channel c0; returns the first channel not covered by whole vectors.
+// Calls f.template operator()<U>(o) for column chunks of U = kMaxChunk vectors (8 with 32
+// vector registers, as AVX-512 has: 3 per vector are live), then 4, then 1, from channel c0;
+// returns the first channel not covered by whole vectors.
+constexpr int kMaxChunk = VB == 64 ? 8 : 4;
 template <int W, typename F>
 FI int64_t for_col_chunks(int64_t c0, int64_t c1, const F& f) {
   int64_t o = c0;
+  for (; o + kMaxChunk * W <= c1; o += kMaxChunk * W) f.template operator()<kMaxChunk>(o);
   for (; o + 4 * W <= c1; o += 4 * W) f.template operator()<4>(o);
   for (; o + W <= c1; o += W) f.template operator()<1>(o);
   return o;
@@ -608,50 +607,7 @@ void nsc_moments(const T* x, const NscBlock& b, double* mean, double* m2) {
       for (int l = 0; l < W; ++l) put(o + u * W + l, tk[l], t1[l], t2[l]);
     }
   };
-  // Channels [cs, ce), a multiple of W of them (at most kSub), in two exact passes: Σx
-  // row-major into L1 arrays (the block streams from memory in address order) → centers,
-  // then the deviations' sums in registers, column chunk by column chunk, from L2.
-  auto wide = [&](int64_t cs, int64_t ce) {
-    const int64_t nv = (ce - cs) / W;
-    V acc[kSub / W];
-    for (int64_t v = 0; v < nv; ++v) acc[v] = V{};
-    for (int64_t r = b.r0; r < b.r1; ++r) {
-      const T* row = x + r * b.C + cs;
-      for (int64_t v = 0; v < nv; ++v) acc[v] += vload(row + v * W);
-    }
-    alignas(64) A center[kSub];
-    for (int64_t v = 0; v < nv; ++v) {
-      A t[W];
-      std::memcpy(t, &acc[v], sizeof(V));
-      for (int l = 0; l < W; ++l) center[v * W + l] = A(double(t[l]) / count);
-    }
-    auto dev = [&]<int U>(int64_t o) {
-      V c[U], s1[U], s2[U];
-      for (int u = 0; u < U; ++u) {
-        c[u] = vload(center + (o - cs) + u * W);
-        s1[u] = s2[u] = V{};
-      }
-      column_dev_sums<U>(x, b.C, o, b.r0, b.r1, c, s1, s2);
-      for (int u = 0; u < U; ++u) {
-        A t1[W], t2[W];
-        std::memcpy(t1, &s1[u], sizeof(V));
-        std::memcpy(t2, &s2[u], sizeof(V));
-        for (int l = 0; l < W; ++l) {
-          const int64_t j = o - cs + u * W + l;
-          from_deviations(cs + j, double(center[j]), double(t1[l]), double(t2[l]));
-        }
-      }
-    };
-    for_col_chunks<W>(cs, ce, dev);
-  };
-  const int64_t vec_end = b.c0 + (b.c1 - b.c0) / W * W;
-  int64_t o = b.c0;
-  if (vec_end - b.c0 > 4 * W) {
-    for (; o < vec_end; o += kSub) wide(o, imin(vec_end, o + kSub));
-    o = vec_end;
-  } else {
-    o = for_col_chunks<W>(o, vec_end, chunk);
-  }
+  int64_t o = for_col_chunks<W>(b.c0, b.c0 + (b.c1 - b.c0) / W * W, chunk);
   for (; o < b.c1; ++o) {  // the last channels, fewer than a vector
     const A k = sload(first + o);
     A s1 = 0, s2 = 0;
@@ -722,53 +678,42 @@ void nsc_bwd_sums(const T* x, const T* dy, const NscBlock& b, const A* mean, dou
                   double* s1) {
   using V = typename VecOf<A>::V;
   constexpr int W = VecOf<A>::W;
-  // NV > 0: rows of exactly NV vectors, sums in registers (in arrays, every row's additions
-  // would chain through store-to-load forwarding); NV = 0: nv vectors, sums in L1 arrays.
-  auto sub_block = [&]<int NV>(int64_t cs, int64_t nv, int64_t nt) {
-    constexpr int kArr = NV > 0 ? NV : int(kSub / W);
-    if constexpr (NV > 0) nv = NV;
-    V a0[kArr], a1[kArr];
-    A t0[W], t1[W];
-    for (int64_t v = 0; v < nv; ++v) a0[v] = a1[v] = V{};
-    for (int64_t t = 0; t < nt; ++t) t0[t] = t1[t] = 0;
-    const A* m = mean + cs;
+  // Column chunks of U vectors: Σdy and Σdy·(x − mean) in registers over the block's rows (in
+  // L1 arrays every row's additions would chain through store-to-load forwarding).
+  auto chunk = [&]<int U>(int64_t o) {
+    V m[U], a0[U], a1[U];
+    for (int u = 0; u < U; ++u) {
+      m[u] = vload(mean + o + u * W);
+      a0[u] = a1[u] = V{};
+    }
     for (int64_t r = b.r0; r < b.r1; ++r) {
-      const T *xr = x + r * b.C + cs, *gr = dy + r * b.C + cs;
-      for (int64_t v = 0; v < nv; ++v) {
-        const V g = vload(gr + v * W);
-        a0[v] += g;
-        a1[v] += g * (vload(xr + v * W) - vload(m + v * W));
-      }
-      for (int64_t t = 0; t < nt; ++t) {
-        const int64_t k = nv * W + t;
-        const A g = sload(gr + k);
-        t0[t] += g;
-        t1[t] += g * (sload(xr + k) - m[k]);
+      const T *xr = x + r * b.C + o, *gr = dy + r * b.C + o;
+      for (int u = 0; u < U; ++u) {
+        const V g = vload(gr + u * W);
+        a0[u] += g;
+        a1[u] += g * (vload(xr + u * W) - m[u]);
       }
     }
-    for (int64_t v = 0; v < nv; ++v) {
+    for (int u = 0; u < U; ++u) {
       A u0[W], u1[W];
-      std::memcpy(u0, &a0[v], sizeof(V));
-      std::memcpy(u1, &a1[v], sizeof(V));
+      std::memcpy(u0, &a0[u], sizeof(V));
+      std::memcpy(u1, &a1[u], sizeof(V));
       for (int l = 0; l < W; ++l) {
-        s0[cs - b.c0 + v * W + l] = u0[l];
-        s1[cs - b.c0 + v * W + l] = u1[l];
+        s0[o - b.c0 + u * W + l] = u0[l];
+        s1[o - b.c0 + u * W + l] = u1[l];
       }
-    }
-    for (int64_t t = 0; t < nt; ++t) {
-      s0[cs - b.c0 + nv * W + t] = t0[t];
-      s1[cs - b.c0 + nv * W + t] = t1[t];
     }
   };
-  for (int64_t cs = b.c0; cs < b.c1; cs += kSub) {
-    const int64_t ce = imin(b.c1, cs + kSub), nv = (ce - cs) / W, nt = (ce - cs) - nv * W;
-    switch (nv) {
-      case 1: sub_block.template operator()<1>(cs, nv, nt); break;
-      case 2: sub_block.template operator()<2>(cs, nv, nt); break;
-      case 3: sub_block.template operator()<3>(cs, nv, nt); break;
-      case 4: sub_block.template operator()<4>(cs, nv, nt); break;
-      default: sub_block.template operator()<0>(cs, nv, nt);
+  int64_t o = for_col_chunks<W>(b.c0, b.c0 + (b.c1 - b.c0) / W * W, chunk);
+  for (; o < b.c1; ++o) {
+    A t0 = 0, t1 = 0;
+    for (int64_t r = b.r0; r < b.r1; ++r) {
+      const A g = sload(dy + r * b.C + o);
+      t0 += g;
+      t1 += g * (sload(x + r * b.C + o) - mean[o]);
     }
+    s0[o - b.c0] = t0;
+    s1[o - b.c0] = t1;
   }
 }
 
