@@ -5,26 +5,40 @@ import torch
 from .functional import _batch_norm
 
 
+_MISSING = object()
+
+
+def _member(module, table, name):
+    """module.<name> for a parameter or buffer, straight from its table (nn.Module.__getattr__
+    costs about 0.3 µs per lookup, a fifth of a small call); the attribute itself when the
+    name is not there (e.g. a parametrized weight, which becomes a property)."""
+    value = table.get(name, _MISSING)
+    return getattr(module, name) if value is _MISSING else value
+
+
 class _FastBatchNorm:
     """Mixin overriding torch.nn.modules.batchnorm._BatchNorm.forward."""
 
     def forward(self, input):
         self._check_input_dim(input)
+        params, buffers = self._parameters, self._buffers
+        running_mean = _member(self, buffers, "running_mean")
+        running_var = _member(self, buffers, "running_var")
         # Same mode logic as torch.nn: running stats are used in eval when present, and
         # updated in training when tracked; eval without them normalizes with batch stats.
         tracking = self.training and self.track_running_stats
-        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        use_batch_stats = self.training or (running_mean is None and running_var is None)
         keep_stats = not self.training or self.track_running_stats
         return _batch_norm(
             input,
-            self.running_mean if keep_stats else None,
-            self.running_var if keep_stats else None,
-            self.weight,
-            self.bias,
+            running_mean if keep_stats else None,
+            running_var if keep_stats else None,
+            _member(self, params, "weight"),
+            _member(self, params, "bias"),
             use_batch_stats,
             self.momentum,
             self.eps,
-            self.num_batches_tracked if tracking else None,
+            _member(self, buffers, "num_batches_tracked") if tracking else None,
         )
 
 

@@ -24,19 +24,19 @@ def batch_norm_train(input, weight, bias, running_mean, running_var, num_batches
                      momentum, eps):
     """Training forward: (y, save_mean, save_invstd); updates the running stats and
     increments num_batches_tracked in place. momentum=None is the cumulative average."""
-    return _ops.batch_norm_train(input, weight, bias, running_mean, running_var,
-                                 num_batches_tracked, momentum, eps)
+    return _ops.batch_norm_train.default(input, weight, bias, running_mean, running_var,
+                                         num_batches_tracked, momentum, eps)
 
 
 def batch_norm_eval(input, weight, bias, running_mean, running_var, eps):
     """Eval forward with running statistics: one pass, per-channel scale and shift."""
-    return _ops.batch_norm_eval(input, weight, bias, running_mean, running_var, eps)
+    return _ops.batch_norm_eval.default(input, weight, bias, running_mean, running_var, eps)
 
 
 def batch_norm_backward(grad_output, input, weight, mean, invstd, training, output_mask):
     """(dx, dweight, dbias); outputs masked out by output_mask come back empty (numel 0)."""
-    return _ops.batch_norm_backward(grad_output, input, weight, mean, invstd, training,
-                                    output_mask)
+    return _ops.batch_norm_backward.default(grad_output, input, weight, mean, invstd,
+                                            training, output_mask)
 
 
 @torch.library.register_fake("fastbn::batch_norm_train")

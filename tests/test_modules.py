@@ -330,6 +330,37 @@ def test_params_buffers_state_dict_like_torch(fb, dim, affine, track):
     assert repr(fm).split("(", 1)[1] == repr(tm).split("(", 1)[1]
 
 
+def test_parametrized_and_functional_call_params_are_used(fb, gen):
+    """forward reads parameters and buffers from the module's tables for speed; a parametrized
+    weight (a property, no longer in the table) and torch.func.functional_call's swapped
+    tensors must still be the ones used, as in torch.nn."""
+    from torch.nn.utils import parametrize
+
+    class Doubled(torch.nn.Module):
+        def forward(self, w):
+            return 2 * w
+
+    fm, tm = make_pair(fb, 2, 3, torch.float32, gen)
+    for m in (fm, tm):
+        parametrize.register_parametrization(m, "weight", Doubled())
+    x = make_tensor((4, 3, 5, 2), torch.float32, "contiguous", gen)
+    torch.testing.assert_close(fm(x), tm(x))
+    torch.testing.assert_close(fm.running_mean, tm.running_mean)
+
+    fm, tm = make_pair(fb, 2, 3, torch.float32, gen)
+    swapped = {"weight": torch.rand(3, generator=gen) + 1, "bias": torch.randn(3, generator=gen),
+               "running_mean": torch.randn(3, generator=gen), "running_var": torch.rand(3, generator=gen) + 1}
+    for training in (True, False):
+        fm.train(training)
+        tm.train(training)
+        sf = {k: v.clone() for k, v in swapped.items()}
+        st = {k: v.clone() for k, v in swapped.items()}
+        yf = torch.func.functional_call(fm, sf, (x,))
+        yt = torch.func.functional_call(tm, st, (x,))
+        torch.testing.assert_close(yf, yt)
+        torch.testing.assert_close(sf["running_mean"], st["running_mean"])
+
+
 @pytest.mark.parametrize("dim", [1, 2, 3])
 def test_state_dict_round_trip_with_torch(fb, gen, dim):
     shape = {1: (4, 3, 5), 2: (4, 3, 5, 2), 3: (2, 3, 2, 3, 2)}[dim]
