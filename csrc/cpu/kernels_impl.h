@@ -459,7 +459,19 @@ void ncs_bwd_sums(const T* x, const T* dy, const NcsPiece& p, A mean, double* ou
 template <typename T, typename A, typename VF, typename SF>
 FI void map_run(T* out, int64_t n, bool alias, bool stream, const VF& vec, const SF& scal) {
   constexpr int W = VecOf<A>::W;
+  constexpr int64_t kOutBytes = W * int64_t(sizeof(T));  // bytes of one output vector
   int64_t i = 0;
+  // A run that does not start on a vector boundary (e.g. 14×14 maps: 196 elements) would
+  // split every access across two cache lines: one unaligned vector, then aligned ones from
+  // the next boundary (the inputs share the output's offset when the tensors are 64-byte
+  // aligned); the elements in between are computed twice, with the same result.
+  if (!alias && n >= 2 * W) {
+    const int64_t mis = int64_t(reinterpret_cast<uintptr_t>(out) % kOutBytes) / int64_t(sizeof(T));
+    if (mis != 0) {
+      vstore(out, vec(0));
+      i = W - mis;
+    }
+  }
   for (; i + W <= n; i += W) vout(out + i, vec(i), stream);
   if (i < n && n >= W && !alias) {
     vstore(out + n - W, vec(n - W));
