@@ -4,6 +4,13 @@ import platform
 import torch
 
 
+def cpu_kernel_isa():
+    """Instruction set of the CPU kernels in use: the best this CPU supports, at most
+    FASTBN_CPU_ISA when set."""
+    from fastbn import _C
+    return _C._cpu_kernel_isa()
+
+
 def build_report():
     """Lines describing the build (as recorded by setup.py) and the machine."""
     import fastbn
@@ -22,6 +29,7 @@ def build_report():
         f"GPU: {gpu}",
         f"CPU: {platform.machine()}, torch CPU capability {torch.backends.cpu.get_cpu_capability()}, "
         f"{torch.get_num_threads()} threads",
+        f"CPU kernels: {cpu_kernel_isa()} (FASTBN_CPU_ISA=avx512bf16|avx512|avx2|default caps it)",
         f"C++ flags: {' '.join(b.CPU_FLAGS)}",
     ]
 

@@ -605,6 +605,8 @@ void forward_eval(const EvalForwardArgs& a) {
            [&]<typename T, typename P>() { forward_eval_impl<T, P>(a); });
 }
 
+const char* kernel_isa() { return select_kernels().isa; }
+
 void backward(const BackwardArgs& a) {
   dispatch(a.input, dtype_of({&a.weight}),
            [&]<typename T, typename P>() { backward_impl<T, P>(a); });

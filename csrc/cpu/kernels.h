@@ -86,8 +86,9 @@ struct KernelTable {
 const KernelTable& kernels_default();
 const KernelTable& kernels_avx2();
 const KernelTable& kernels_avx512();
+const KernelTable& kernels_avx512bf16();
 
-// The best table this CPU supports (FASTBN_CPU_ISA=default|avx2|avx512 caps it).
+// The best table this CPU supports (FASTBN_CPU_ISA=default|avx2|avx512|avx512bf16 caps it).
 const KernelTable& select_kernels();
 
 }  // namespace fastbn::cpu

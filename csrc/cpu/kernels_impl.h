@@ -59,12 +59,19 @@ FI double sload(const double* p) { return *p; }
 FI float sload(const bf16_t* p) { return f32_from_bits(uint32_t(p->x) << 16); }
 FI void sstore(float* p, float v) { *p = v; }
 FI void sstore(double* p, double v) { *p = v; }
+#if FASTBN_BF16_HW
+// The vector instruction's rounding for the scalar tails too (see narrow).
+FI void sstore(bf16_t* p, float v) {
+  p->x = uint16_t(_mm_extract_epi16((__m128i)_mm_cvtneps_pbh(_mm_set_ss(v)), 0));
+}
+#else
 // Round to nearest even, NaN → quiet NaN (as c10::BFloat16).
 FI void sstore(bf16_t* p, float v) {
   if (v != v) { p->x = 0x7FC0; return; }
   const uint32_t u = f32_bits(v);
   p->x = uint16_t((u + (((u >> 16) & 1) + 0x7FFF)) >> 16);
 }
+#endif
 #if FASTBN_VB >= 32
 FI float sload(const half_t* p) { return _cvtsh_ss(p->x); }
 FI void sstore(half_t* p, float v) { p->x = _cvtss_sh(v, _MM_FROUND_TO_NEAREST_INT); }
@@ -97,8 +104,13 @@ FI void vstore(double* p, vd v) { std::memcpy(p, &v, VB); }
 FI vf vload(const bf16_t* p) {
   return (vf)_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16);
 }
-// Round to nearest even, NaN → 0x7FC0 (as c10::BFloat16).
 typedef __m256i narrow_t;  // the 16-bit lanes of one float vector
+#if FASTBN_BF16_HW
+// Round to nearest even in hardware. Unlike c10::BFloat16 it flushes float denormals (below
+// 1.2e-38) to zero and keeps a NaN's sign; both are far below batch norm's tolerances.
+FI narrow_t narrow(bf16_t*, vf v) { return (narrow_t)_mm512_cvtneps_pbh((__m512)v); }
+#else
+// Round to nearest even, NaN → 0x7FC0 (as c10::BFloat16).
 FI narrow_t narrow(bf16_t*, vf v) {
   const __m512i u = _mm512_castps_si512((__m512)v);
   const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
@@ -106,6 +118,7 @@ FI narrow_t narrow(bf16_t*, vf v) {
   r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask((__m512)v, (__m512)v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
   return _mm512_cvtepi32_epi16(r);
 }
+#endif
 FI void narrow_store(void* p, narrow_t h) { _mm256_storeu_si256((__m256i*)p, h); }
 FI void narrow_stream(void* p, narrow_t h) { _mm256_stream_si256((__m256i*)p, h); }
 #elif FASTBN_VB == 32
@@ -489,13 +502,22 @@ FI void affine_run(const T* x, T* y, int64_t n, A c, A s, A h, bool stream) {
                 [=](int64_t i) { return (sload(x + i) - c) * s + h; });
 }
 
+// dx = (x − mean)·k1 + (dy·k0 + k2), parenthesized so that each addition has one product to
+// contract into an FMA: written dy·k0 + (x − mean)·k1 + k2, the first addition has two, and
+// GCC may fuse either one, differently in different inlined copies (an element's result would
+// then depend on which copy computed it: run start, alignment, piece boundaries).
+template <typename V, typename A>
+FI V dx_value(V g, V x, A m, A k0, A k1, A k2) {
+  return (x - m) * k1 + (g * k0 + k2);
+}
+
 template <typename T, typename A>
 FI void dx_run(const T* x, const T* g, T* d, int64_t n, A m, A k0, A k1, A k2, bool stream) {
   using V = typename VecOf<A>::V;
   const V vm = V{} + m, v0 = V{} + k0, v1 = V{} + k1, v2 = V{} + k2;
   map_run<T, A>(d, n, (const void*)d == (const void*)x || (const void*)d == (const void*)g,
-                stream, [=](int64_t i) { return vload(g + i) * v0 + (vload(x + i) - vm) * v1 + v2; },
-                [=](int64_t i) { return sload(g + i) * k0 + (sload(x + i) - m) * k1 + k2; });
+                stream, [=](int64_t i) { return dx_value(vload(g + i), vload(x + i), vm, v0, v1, v2); },
+                [=](int64_t i) { return dx_value(sload(g + i), sload(x + i), m, k0, k1, k2); });
 }
 
 template <typename T, typename A>
@@ -740,11 +762,11 @@ void nsc_bwd_dx(const T* x, const T* dy, T* dx, const NscBlock& b, const A* mean
     T* dr = dx + r * b.C + b.c0;
     for (int64_t v = 0; v < nv; ++v) {
       const int64_t o = v * W;
-      vout(dr + o, vload(gr + o) * vload(q0 + o) + (vload(xr + o) - vload(m + o)) * vload(q1 + o) +
-                       vload(q2 + o), b.stream);
+      vout(dr + o, dx_value(vload(gr + o), vload(xr + o), vload(m + o), vload(q0 + o),
+                            vload(q1 + o), vload(q2 + o)), b.stream);
     }
     for (int64_t k = nv * W; k < n; ++k)
-      sstore(dr + k, sload(gr + k) * q0[k] + (sload(xr + k) - m[k]) * q1[k] + q2[k]);
+      sstore(dr + k, dx_value(sload(gr + k), sload(xr + k), m[k], q0[k], q1[k], q2[k]));
   }
   end_stream(b.stream);
 }

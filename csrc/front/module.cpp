@@ -4,6 +4,7 @@
 
 #include <c10/util/Exception.h>
 
+#include "cpu/batch_norm_cpu.h"
 #include "front/backend.h"
 #include "front/kernel_glue.h"
 #ifdef FASTBN_WITH_SIMT
@@ -35,6 +36,15 @@ PyObject* cpu_backends(PyObject*, PyObject*) {
     PyList_SET_ITEM(names, i, PyUnicode_FromString(backends[i].name));
   }
   return names;
+}
+
+PyObject* cpu_kernel_isa(PyObject*, PyObject*) {
+  try {
+    return PyUnicode_FromString(fastbn::cpu::kernel_isa());
+  } catch (const c10::Error& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what_without_backtrace());
+    return nullptr;
+  }
 }
 
 // [(path, vector width, splits)] of the kernel launches of this thread's recent calls.
@@ -103,6 +113,7 @@ PyMethodDef methods[] = {
     {"_set_cpu_backend", set_cpu_backend, METH_O, "Select the implementation of CPU tensors."},
     {"_get_cpu_backend", get_cpu_backend, METH_NOARGS, "Name of the selected CPU backend."},
     {"_cpu_backends", cpu_backends, METH_NOARGS, "Names of the CPU backends in this build."},
+    {"_cpu_kernel_isa", cpu_kernel_isa, METH_NOARGS, "Instruction set of the CPU kernels."},
     {"_take_launch_log", take_launch_log, METH_NOARGS, "Kernel paths of recent calls."},
 #ifdef FASTBN_WITH_SIMT
     {"_simt_set_schedule", simt_set_schedule, METH_VARARGS, "(threads, blocks, seed) orders."},
