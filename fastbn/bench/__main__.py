@@ -159,7 +159,8 @@ def run(args, cases, info):
         contenders.configure_compile()
     stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     meta = dict(torch_version=info["torch_version"], fastbn_version=info["fastbn_version"],
-                fastbn_git=info.get("fastbn_git"), timestamp=stamp)
+                fastbn_git=info.get("fastbn_git"), fastbn_cpu_kernels=info.get("fastbn_cpu_kernels"),
+                timestamp=stamp)
     rows, bench, group = [], None, None
     progress = Progress(len(cases))
     for i, case in enumerate(cases):

@@ -60,8 +60,10 @@ def fastbn_info():
     import fastbn
     from fastbn import _build_info
     src = os.path.dirname(os.path.dirname(os.path.abspath(fastbn.__file__)))
+    from fastbn.info import cpu_kernel_isa
     return {"fastbn_version": fastbn.__version__,
             "fastbn_backends": list(_build_info.BACKENDS),
+            "fastbn_cpu_kernels": cpu_kernel_isa(),
             "fastbn_git": _run(["git", "describe", "--always", "--dirty"], cwd=src)}
 
 
@@ -100,7 +102,8 @@ def describe(info):
             f"{info['torch_threads']} torch threads, {info['cpu_capability']}, "
             f"L2 {mib(info.get('l2_bytes'))}/core, L3 {mib(info.get('l3_bytes'))}, "
             f"RAM {ram:.0f} GiB; torch {info['torch_version']}, "
-            f"fastbn {info['fastbn_version']} ({info.get('fastbn_git') or 'no git'})")
+            f"fastbn {info['fastbn_version']} ({info.get('fastbn_git') or 'no git'}"
+            f"{', CPU kernels ' + info['fastbn_cpu_kernels'] if info.get('fastbn_cpu_kernels') else ''})")
     if info.get("cpu_allocator"):
         line += f"\nCPU allocator: {info['cpu_allocator']}"
     if info.get("gpu"):
