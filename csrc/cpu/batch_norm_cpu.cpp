@@ -7,7 +7,7 @@
 //   with Chan's formula in double in piece order. When the channels spread evenly over the
 //   threads, each thread owns a run of channels and normalizes (or computes dx for) each
 //   channel right after its statistics, while it is in L2: X is read once from memory.
-//   Channels of one piece go by blocks (channel_block): statistics channel by channel, then
+//   Channels go by blocks (channel_blocks): statistics channel by channel, then
 //   the block's output sample by sample. Otherwise (fewer channels than threads, or an uneven
 //   split) the pieces of all channels are spread over the threads, merged per channel behind a
 //   barrier, and each thread normalizes the pieces it reduced.
@@ -50,7 +50,7 @@ constexpr int64_t kCoreBudget = 1280 * 1024;
 // per-band float sums stay accurate.
 constexpr int64_t kBandBytes = 256 * 1024;
 constexpr int64_t kMaxBandRows = 256;
-// Bytes of input per block of channels normalized sample by sample (see channel_block).
+// Bytes of input per block of channels normalized sample by sample (see channel_blocks).
 constexpr int64_t kBlockBytes = 256 * 1024;
 // Below this many bytes of input a call runs on the calling thread.
 constexpr int64_t kSerialBytes = 192 * 1024;
@@ -183,13 +183,24 @@ bool is_serial(const Layout& L, int64_t bytes_per_elem) {
   return L.numel() * bytes_per_elem < kSerialBytes || at::get_num_threads() == 1 || at::in_parallel_region();
 }
 
-// Channels per block when every channel is one piece, else 1. The whole-channel paths reduce
-// each channel of a block, then write the block's output sample by sample: there the block's
-// runs are contiguous, whereas one channel's runs lie C·S apart (often a multiple of 4 KiB, so
+// The whole-channel paths: each thread takes a contiguous range of channels and goes through
+// it by blocks of about kBlockBytes (bytes_per_elem: of all the inputs read per element):
+// reduce(c) for each channel of a block (its statistics, in L2 afterwards), then
+// write(n, cb, ce) for each sample n (the block's output): the runs of a block are contiguous
+// within a sample, whereas one channel's runs lie C·S apart (often a multiple of 4 KiB, so
 // they share L1 sets, and the stores alias the next run's loads).
-int64_t channel_block(const Layout& L, int64_t bytes_per_elem) {
-  if (num_pieces(L) > 1) return 1;
-  return std::clamp<int64_t>(kBlockBytes / (L.per_channel() * bytes_per_elem), 1, L.C);
+template <typename Reduce, typename Write>
+void channel_blocks(bool serial, const Layout& L, int64_t bytes_per_elem, const Reduce& reduce,
+                    const Write& write) {
+  const int64_t block =
+      std::clamp<int64_t>(kBlockBytes / (L.per_channel() * bytes_per_elem), 1, L.C);
+  par(serial, 0, L.C, [&](int64_t c0, int64_t c1) {
+    for (int64_t cb = c0; cb < c1; cb += block) {
+      const int64_t ce = std::min(c1, cb + block);
+      for (int64_t c = cb; c < ce; ++c) reduce(c);
+      for (int64_t n = 0; n < L.N; ++n) write(n, cb, ce);
+    }
+  });
 }
 
 // Per-band partial results (NSC): reused across calls so that large scratch arrays cost no
@@ -333,25 +344,18 @@ void forward_train_impl(const TrainForwardArgs& a) {
     return Moments<double>{double(q.j1 - q.j0), o[0], o[1]};
   };
   if (whole_channels_per_thread(L, esize, serial)) {
-    const int64_t block = channel_block(L, esize);
     AffineArrays<A> t(L.C);
-    par(serial, 0, L.C, [&](int64_t c0, int64_t c1) {
-      for (int64_t cb = c0; cb < c1; cb += block) {
-        const int64_t ce = std::min(c1, cb + block);
-        for (int64_t c = cb; c < ce; ++c) {
+    channel_blocks(
+        serial, L, esize,
+        [&](int64_t c) {
           Moments<double> m{0, 0, 0};
           for (int64_t p = 0; p < pieces; ++p) m = chan_merge(m, moments(c, p));
           t.set(c, finish(c, m));
-        }
-        if (block == 1) {
-          kern.ncs_affine(x, y, {L.C, L.S, cb, 0, M, stream}, t.center[cb], t.scale[cb], t.shift[cb]);
-          continue;
-        }
-        for (int64_t n = 0; n < L.N; ++n)
-          kern.ncs_affine_rows(x, y, {L.C, L.S, n * L.C + cb, n * L.C + ce, stream}, t.center.data(),
-                               t.scale.data(), t.shift.data());
-      }
-    });
+        },
+        [&](int64_t n, int64_t c0, int64_t c1) {
+          kern.ncs_affine_rows(x, y, {L.C, L.S, n * L.C + c0, n * L.C + c1, stream},
+                               t.center.data(), t.scale.data(), t.shift.data());
+        });
     return;
   }
   // Fewer channels than threads, or an uneven split: the pieces of all channels are spread
@@ -530,12 +534,10 @@ void backward_impl(const BackwardArgs& a) {
     return s;
   };
   if (whole_channels_per_thread(L, 2 * esize, serial)) {
-    // Reductions then dx per channel, while the channel is still in cache.
-    const int64_t block = channel_block(L, 2 * esize);  // as in the training forward
-    par(serial, 0, L.C, [&](int64_t c0, int64_t c1) {
-      for (int64_t cb = c0; cb < c1; cb += block) {
-        const int64_t ce = std::min(c1, cb + block);
-        for (int64_t c = cb; c < ce; ++c) {
+    // Reductions then dx, while the block of channels is still in cache.
+    channel_blocks(
+        serial, L, 2 * esize,
+        [&](int64_t c) {
           double s0 = 0, s1 = 0;
           for (int64_t p = 0; p < pieces; ++p) {
             const auto s = sums(c, p);
@@ -543,13 +545,10 @@ void backward_impl(const BackwardArgs& a) {
             s1 += s[1];
           }
           set_coefs(c, finish(c, s0, s1));
-        }
-        if (!dx) continue;
-        if (block == 1) dx_piece(cb, {L.C, L.S, cb, 0, M, stream});
-        else
-          for (int64_t n = 0; n < L.N; ++n) dx_rows(n * L.C + cb, n * L.C + ce);
-      }
-    });
+        },
+        [&](int64_t n, int64_t c0, int64_t c1) {
+          if (dx) dx_rows(n * L.C + c0, n * L.C + c1);
+        });
     return;
   }
   const int64_t items = L.C * pieces;
