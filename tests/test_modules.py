@@ -330,6 +330,25 @@ def test_params_buffers_state_dict_like_torch(fb, dim, affine, track):
     assert repr(fm).split("(", 1)[1] == repr(tm).split("(", 1)[1]
 
 
+def test_training_step_bumps_version_counters_of_mutated_buffers(fb, gen):
+    """The training op updates running_mean, running_var and num_batches_tracked in place; their
+    version counters move (as num_batches_tracked's does in torch.nn), with or without grad
+    mode, so that autograd notices a buffer saved for a backward and changed since. Eval
+    leaves them."""
+    fm = fb.BatchNorm2d(3)
+    x = make_tensor((4, 3, 5, 2), torch.float32, "contiguous", gen)
+    bufs = (fm.running_mean, fm.running_var, fm.num_batches_tracked)
+    for grad in (True, False):
+        before = [b._version for b in bufs]
+        with torch.set_grad_enabled(grad):
+            fm(x)
+        assert [b._version - v for b, v in zip(bufs, before)] == [1, 1, 1]
+    fm.eval()
+    before = [b._version for b in bufs]
+    fm(x)
+    assert [b._version for b in bufs] == before
+
+
 def test_parametrized_and_functional_call_params_are_used(fb, gen):
     """forward reads parameters and buffers from the module's tables for speed; a parametrized
     weight (a property, no longer in the table) and torch.func.functional_call's swapped

@@ -78,6 +78,11 @@ struct TrainFunction : public torch::autograd::Function<TrainFunction> {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [y, mean, invstd] = train_op().call(input, weight, bias, running_mean, running_var,
                                              num_batches_tracked, momentum, eps);
+    // The op mutated these in place (its schema says so): bump their version counters, as
+    // the ADInplaceOrView kernel the guard skips would, so that autograd notices if one of
+    // them was saved for a backward. (torch.nn bumps num_batches_tracked's through its add_.)
+    for (const OptTensor* t : {&running_mean, &running_var, &num_batches_tracked})
+      if (t->has_value() && (*t)->defined()) torch::autograd::impl::bump_version(**t);
     ctx->save_for_backward({input, weight.value_or(at::Tensor()), mean, invstd});
     ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
     ctx->mark_non_differentiable({mean, invstd});
