@@ -270,14 +270,15 @@ struct LastLanes {
 };
 
 // Moments from sums shifted by a sample. With d = x − center over n values: mean = center +
-// Σd/n, M2 = Σd² − (Σd)²/n. When the center is a sample, |mean − center| is of the order of
-// the standard deviation and M2 keeps its precision; when it was an outlier (Σd² >
+// Σd/n, M2 = Σd² − (Σd)²/n (inv_n = 1/n: called per channel of every band, where divisions
+// would dominate). When the center is a sample, |mean − center| is of the order of the
+// standard deviation and M2 keeps its precision; when it was an outlier (Σd² >
 // kShiftSlack·M2) this returns false and the caller redoes the values in two exact passes.
 constexpr double kShiftSlack = 16;
-FI bool moments_from_deviations(double center, double s1, double s2, double n, double* mean,
+FI bool moments_from_deviations(double center, double s1, double s2, double inv_n, double* mean,
                                 double* m2) {
-  const double q = s2 - s1 * s1 / n;
-  *mean = center + s1 / n;
+  const double q = s2 - s1 * s1 * inv_n;
+  *mean = center + s1 * inv_n;
   *m2 = q > 0 ? q : 0;
   return !(s2 > kShiftSlack * *m2);
 }
@@ -451,7 +452,7 @@ void ncs_moments(const T* x, const NcsPiece& p, double* out) {
   auto deviations = [&](A center) {
     piece_totals<A, 2>(p, [x, center](int64_t off) { return DevTerms<T, A>(x + off, center); },
                        dev);
-    return moments_from_deviations(double(center), dev[0], dev[1], count, &out[0], &out[1]);
+    return moments_from_deviations(double(center), dev[0], dev[1], 1 / count, &out[0], &out[1]);
   };
   const int64_t n = p.j0 / p.S;
   if (deviations(A(sload(x + (n * p.C + p.c) * p.S + (p.j0 - n * p.S))))) return;
@@ -607,10 +608,10 @@ void nsc_moments(const T* x, const NscBlock& b, double* mean, double* m2) {
   using A = typename KAcc<T>::type;
   using V = typename VecOf<A>::V;
   constexpr int W = VecOf<A>::W;
-  const double count = double(b.r1 - b.r0);
+  const double count = double(b.r1 - b.r0), inv_count = 1 / count;
   const T* first = x + b.r0 * b.C;
   auto from_deviations = [&](int64_t c, double center, double s1, double s2) {
-    return moments_from_deviations(center, s1, s2, count, &mean[c - b.c0], &m2[c - b.c0]);
+    return moments_from_deviations(center, s1, s2, inv_count, &mean[c - b.c0], &m2[c - b.c0]);
   };
   // Sums shifted by the sample k; a channel the shift does not suit is redone exactly.
   auto put = [&](int64_t c, A k, A s1, A s2) {
