@@ -86,6 +86,18 @@ void par(bool serial, int64_t begin, int64_t end, const F& f) {
   at::parallel_for(begin, end, 1, f);
 }
 
+// An elementwise pass over n rows (or runs) of `length` elements each: at::parallel_for in
+// chunks of about 16K elements, or inline when the call is small.
+template <typename F>
+void elementwise(bool serial, int64_t n, int64_t length, const F& f) {
+  if (n <= 0) return;
+  if (serial) {
+    f(int64_t(0), n);
+    return;
+  }
+  at::parallel_for(0, n, std::max<int64_t>(1, 16384 / length), f);
+}
+
 // One parallel region of T = at::get_num_threads() threads running body(t, T, sync) with
 // t = 0..T−1; sync() is a barrier across them. Phases separated by barriers instead of one
 // fork/join each: waking sleeping workers again costs milliseconds on a loaded machine. If
@@ -406,21 +418,15 @@ void forward_eval_impl(const EvalForwardArgs& a) {
   if (L.numel() == 0) return;
   const bool serial = is_serial(L, sizeof(T)), stream = stream_output(L, sizeof(T));
   if (L.channels_last) {
-    const int64_t R = L.per_channel(), grain = std::max<int64_t>(1, 16384 / L.C);
-    auto body = [&](int64_t r0, int64_t r1) {
+    elementwise(serial, L.per_channel(), L.C, [&](int64_t r0, int64_t r1) {
       kern.nsc_affine(x, y, {L.C, r0, r1, 0, L.C, stream}, t.center.data(), t.scale.data(),
                       t.shift.data());
-    };
-    if (serial) body(0, R);
-    else at::parallel_for(0, R, grain, body);
+    });
   } else {
-    const int64_t grain = std::max<int64_t>(1, 16384 / L.S);
-    auto body = [&](int64_t k0, int64_t k1) {
+    elementwise(serial, L.N * L.C, L.S, [&](int64_t k0, int64_t k1) {
       kern.ncs_affine_rows(x, y, {L.C, L.S, k0, k1, stream}, t.center.data(), t.scale.data(),
                            t.shift.data());
-    };
-    if (serial) body(0, L.N * L.C);
-    else at::parallel_for(0, L.N * L.C, grain, body);
+    });
   }
 }
 
@@ -466,15 +472,13 @@ void backward_impl(const BackwardArgs& a) {
 
   if (L.channels_last) {
     const int64_t R = L.per_channel();
-    auto dx_pass = [&](int64_t c0, int64_t c1, int64_t rows, int64_t bands) {
-      par(serial, 0, bands, [&](int64_t b0, int64_t b1) {
-        kern.nsc_bwd_dx(x, dy, dx, {L.C, b0 * rows, std::min(R, b1 * rows), c0, c1, stream}, mean,
-                        k.center.data(), k.scale.data(), k.shift.data());
-      });
-    };
     if (!want_sums) {
       for (int64_t c = 0; c < L.C; ++c) set_coefs(c, finish(c, 0, 0));
-      if (dx) dx_pass(0, L.C, std::max<int64_t>(1, 16384 / L.C), (R + std::max<int64_t>(1, 16384 / L.C) - 1) / std::max<int64_t>(1, 16384 / L.C));
+      if (!dx) return;
+      elementwise(serial, R, L.C, [&](int64_t r0, int64_t r1) {
+        kern.nsc_bwd_dx(x, dy, dx, {L.C, r0, r1, 0, L.C, stream}, mean, k.center.data(),
+                        k.scale.data(), k.shift.data());
+      });
       return;
     }
     const int64_t rows = band_rows<T>(L), bands = (R + rows - 1) / rows;
@@ -521,11 +525,7 @@ void backward_impl(const BackwardArgs& a) {
   };
   if (!want_sums) {
     for (int64_t c = 0; c < L.C; ++c) set_coefs(c, finish(c, 0, 0));
-    if (!dx) return;
-    const int64_t grain = std::max<int64_t>(1, 16384 / L.S);
-    auto body = [&](int64_t k0, int64_t k1) { dx_rows(k0, k1); };
-    if (serial) body(0, L.N * L.C);
-    else at::parallel_for(0, L.N * L.C, grain, body);
+    if (dx) elementwise(serial, L.N * L.C, L.S, dx_rows);
     return;
   }
   auto sums = [&](int64_t c, int64_t p) {
