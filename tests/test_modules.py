@@ -25,6 +25,7 @@ from bn_utils import (
     assert_matches,
     assert_tight,
     channels_last_format,
+    from_np,
     layouts_for_rank,
     make_tensor,
     to_np,
@@ -279,6 +280,30 @@ def test_first_element_outlier_numerics(fb, ref, gen, shape, layout, outlier):
     with torch.no_grad():
         x[0, :, 0, 0] = 1000.0 + outlier
     check_train_step_numerics(ref, fm, tm, x, gen)
+
+
+@pytest.mark.parametrize("shape", [(16, 4, 7, 7), (8, 200, 5, 5), (4, 64, 16, 16)])
+@pytest.mark.parametrize("scale, offset", [(1.0, 0.0), (1.0, 3.0), (1.0, 1000.0), (1e-2, 1000.0)])
+def test_channels_last_folded_and_centred_numerics(fb, ref, gen, shape, scale, offset):
+    """channels_last applies y = x·scale + (shift − center·scale) (dx alike) when every
+    channel's centre lies within 4 standard deviations of zero, the centred (x − center)·scale
+    + shift otherwise: offsets 0 and 3 take the folded form, 1000 the centred one. Training
+    step and eval (running stats = the batch's) as close to the float64 reference as torch.nn.
+    Narrow rows (4 channels), column chunks with a scalar remainder (200), whole vectors (64)."""
+    fm, tm = make_pair(fb, 2, shape[1], torch.float32, gen)
+    x = make_tensor(shape, torch.float32, "channels_last", gen, scale=scale, offset=offset)
+    check_train_step_numerics(ref, fm, tm, x, gen)
+    xn = to_np(x)
+    _, mean, _ = ref.forward_train(xn)
+    var = ref.batch_var(xn)
+    for m in (fm, tm):
+        with torch.no_grad():
+            m.running_mean.copy_(from_np(mean))
+            m.running_var.copy_(from_np(var))
+        m.eval()
+    y_ref = ref.forward_eval(xn, mean, var, to_np(fm.weight), to_np(fm.bias), eps=fm.eps)
+    with torch.no_grad():
+        assert_error_bound(fm(x), tm(x), y_ref, "eval output")
 
 
 @pytest.mark.parametrize("dim", [1, 2, 3])

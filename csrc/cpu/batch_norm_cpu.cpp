@@ -33,6 +33,8 @@
 #include <omp.h>
 #endif
 #include <array>
+#include <atomic>
+#include <cmath>
 #include <cstdio>
 #include <vector>
 
@@ -248,16 +250,43 @@ struct InPlace {
   }
 };
 
-// Per-channel transform as three arrays (what the NSC kernels read).
+// Whether the channels_last elementwise loops of a call may use the folded transform
+// y = x·scale + (shift − center·scale) (dx alike): one parameter load fewer per vector, which
+// those L1-load-bound loops feel (eval 15–35% faster on cache-resident shapes). Either form
+// errs by about ε·|center·scale|: the centred one through the rounding of center to the
+// accumulation type, the folded one through scale and the folded shift, up to twice as much
+// (float32, 1000 + 0.01·noise: training output 4.8e-4 against 1.1e-3 of max |y|). That is
+// below ε·|y| while the centre lies within a few standard deviations of zero and dominates far
+// from it, so a call folds only when every channel has |center|·invstd ≤ kFoldBound (torch's
+// kernels always fold). Channels may note from several threads.
+class FoldCheck {
+ public:
+  static constexpr double kFoldBound = 4;
+  void note(double center, double invstd) {
+    if (!(std::abs(center) * invstd <= kFoldBound)) centered_.store(true, std::memory_order_relaxed);
+  }
+  bool fold() const { return !centered_.load(std::memory_order_relaxed); }
+
+ private:
+  std::atomic<bool> centered_{false};
+};
+
+// Per-channel transform as arrays (what the NSC kernels read), centred and folded.
 template <typename A>
 struct AffineArrays {
-  std::vector<A> center, scale, shift;
-  explicit AffineArrays(int64_t C) : center(C), scale(C), shift(C) {}
-  void set(int64_t c, const ChannelAffine<A>& t) {
+  std::vector<A> center, scale, shift, folded_shift;
+  FoldCheck check;
+  explicit AffineArrays(int64_t C) : center(C), scale(C), shift(C), folded_shift(C) {}
+  void set(int64_t c, const ChannelAffine<A>& t, double invstd) {
     center[c] = t.center;
     scale[c] = t.scale;
     shift[c] = t.shift;
+    folded_shift[c] = A(double(t.shift) - double(t.center) * double(t.scale));
+    check.note(double(t.center), invstd);
   }
+  // The NSC kernels' arguments: null centers mean the folded form.
+  const A* centers() const { return check.fold() ? nullptr : center.data(); }
+  const A* shifts() const { return check.fold() ? folded_shift.data() : shift.data(); }
 };
 
 // ---------------------------------------------------------------- training forward
@@ -327,7 +356,10 @@ void forward_train_impl(const TrainForwardArgs& a) {
         }
         n = tot;
       }
-      for (int64_t c = m0; c < m1; ++c) t.set(c, finish(c, {double(R), mmean[c], mm2[c]}));
+      for (int64_t c = m0; c < m1; ++c) {
+        const ChannelAffine<A> tc = finish(c, {double(R), mmean[c], mm2[c]});  // sets save_invstd[c]
+        t.set(c, tc, double(save_invstd[c]));
+      }
     };
     reduce_merge_apply(
         serial, bands, L.C,
@@ -340,7 +372,7 @@ void forward_train_impl(const TrainForwardArgs& a) {
         [&](int64_t b0, int64_t b1) {
           for (int64_t b = b1 - 1; b >= b0; --b)
             kern.nsc_affine(x, y, {L.C, b * rows, std::min(R, (b + 1) * rows), 0, L.C, stream},
-                            t.center.data(), t.scale.data(), t.shift.data());
+                            t.centers(), t.scale.data(), t.shifts());
         });
     return;
   }
@@ -362,7 +394,8 @@ void forward_train_impl(const TrainForwardArgs& a) {
         [&](int64_t c) {
           Moments<double> m{0, 0, 0};
           for (int64_t p = 0; p < pieces; ++p) m = chan_merge(m, moments(c, p));
-          t.set(c, finish(c, m));
+          const ChannelAffine<A> tc = finish(c, m);  // sets save_invstd[c]
+          t.set(c, tc, double(save_invstd[c]));
         },
         [&](int64_t n, int64_t c0, int64_t c1) {
           kern.ncs_affine_rows(x, y, {L.C, L.S, n * L.C + c0, n * L.C + c1, stream},
@@ -411,7 +444,7 @@ void forward_eval_impl(const EvalForwardArgs& a) {
   AffineArrays<A> t(L.C);
   for (int64_t c = 0; c < L.C; ++c) {
     const double invstd = invstd_from_var(double(var[c]), a.eps);
-    t.set(c, channel_affine<A>(A(mean[c]), A(invstd), weight, bias, c));
+    t.set(c, channel_affine<A>(A(mean[c]), A(invstd), weight, bias, c), invstd);
   }
   const K* x = kptr<T>(a.input);
   K* y = kptr_mut<T>(a.output);
@@ -419,8 +452,8 @@ void forward_eval_impl(const EvalForwardArgs& a) {
   const bool serial = is_serial(L, sizeof(T)), stream = stream_output(L, sizeof(T));
   if (L.channels_last) {
     elementwise(serial, L.per_channel(), L.C, [&](int64_t r0, int64_t r1) {
-      kern.nsc_affine(x, y, {L.C, r0, r1, 0, L.C, stream}, t.center.data(), t.scale.data(),
-                      t.shift.data());
+      kern.nsc_affine(x, y, {L.C, r0, r1, 0, L.C, stream}, t.centers(), t.scale.data(),
+                      t.shifts());
     });
   } else {
     elementwise(serial, L.N * L.C, L.S, [&](int64_t k0, int64_t k1) {
@@ -459,11 +492,12 @@ void backward_impl(const BackwardArgs& a) {
     if (count == 0) return BackwardCoefs<A>{A(0), A(0), A(0)};
     return train_backward_coefs<A>(w, invstd[c], A(sum_dy), A(sum_dy_xmu), A(count));
   };
-  AffineArrays<A> k(L.C);  // {dy_scale, xmu_scale, shift} per channel
+  // dx = dy·dy_scale + [(x − mean)·xmu_scale + shift]: the bracket is an affine transform of x.
+  std::vector<A> dy_scale(L.C);
+  AffineArrays<A> k(L.C);
   auto set_coefs = [&](int64_t c, const BackwardCoefs<A>& b) {
-    k.center[c] = b.dy_scale;
-    k.scale[c] = b.xmu_scale;
-    k.shift[c] = b.shift;
+    dy_scale[c] = b.dy_scale;
+    k.set(c, {mean[c], b.xmu_scale, b.shift}, double(invstd[c]));
   };
   if (L.numel() == 0) {
     for (int64_t c = 0; c < L.C; ++c) set_coefs(c, finish(c, 0, 0));
@@ -476,8 +510,8 @@ void backward_impl(const BackwardArgs& a) {
       for (int64_t c = 0; c < L.C; ++c) set_coefs(c, finish(c, 0, 0));
       if (!dx) return;
       elementwise(serial, R, L.C, [&](int64_t r0, int64_t r1) {
-        kern.nsc_bwd_dx(x, dy, dx, {L.C, r0, r1, 0, L.C, stream}, mean, k.center.data(),
-                        k.scale.data(), k.shift.data());
+        kern.nsc_bwd_dx(x, dy, dx, {L.C, r0, r1, 0, L.C, stream}, k.centers(), dy_scale.data(),
+                        k.scale.data(), k.shifts());
       });
       return;
     }
@@ -506,8 +540,7 @@ void backward_impl(const BackwardArgs& a) {
         [&](int64_t b0, int64_t b1) {
           for (int64_t b = b1 - 1; dx && b >= b0; --b)  // last reduced first (see the top)
             kern.nsc_bwd_dx(x, dy, dx, {L.C, b * rows, std::min(R, (b + 1) * rows), 0, L.C, stream},
-                            mean,
-                            k.center.data(), k.scale.data(), k.shift.data());
+                            k.centers(), dy_scale.data(), k.scale.data(), k.shifts());
         });
     return;
   }
@@ -517,10 +550,10 @@ void backward_impl(const BackwardArgs& a) {
     return NcsPiece{L.C, L.S, c, p * kPiece, std::min(M, (p + 1) * kPiece), stream};
   };
   auto dx_piece = [&](int64_t c, const NcsPiece& q) {
-    kern.ncs_bwd_dx(x, dy, dx, q, mean[c], k.center[c], k.scale[c], k.shift[c]);
+    kern.ncs_bwd_dx(x, dy, dx, q, mean[c], dy_scale[c], k.scale[c], k.shift[c]);
   };
   auto dx_rows = [&](int64_t k0, int64_t k1) {
-    kern.ncs_bwd_dx_rows(x, dy, dx, {L.C, L.S, k0, k1, stream}, mean, k.center.data(),
+    kern.ncs_bwd_dx_rows(x, dy, dx, {L.C, L.S, k0, k1, stream}, mean, dy_scale.data(),
                          k.scale.data(), k.shift.data());
   };
   if (!want_sums) {

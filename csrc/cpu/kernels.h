@@ -64,13 +64,15 @@ struct Kernels {
   // row, two exact passes for a channel the shift does not suit), written to mean[c − c0],
   // m2[c − c0].
   void (*nsc_moments)(const T* x, const NscBlock& b, double* mean, double* m2);
-  // y = (x − center[c])·scale[c] + shift[c] over the block (parameter arrays indexed by c).
+  // y = (x − center[c])·scale[c] + shift[c] over the block (parameter arrays indexed by c);
+  // center null: y = x·scale[c] + shift[c] (the folded form, one parameter load fewer).
   void (*nsc_affine)(const T* x, T* y, const NscBlock& b, const A* center, const A* scale,
                      const A* shift);
   // Per channel: s0[c − c0] = Σdy, s1[c − c0] = Σdy·(x − mean[c]).
   void (*nsc_bwd_sums)(const T* x, const T* dy, const NscBlock& b, const A* mean, double* s0,
                        double* s1);
-  // dx = dy·k0[c] + (x − mean[c])·k1[c] + k2[c] over the block.
+  // dx = dy·k0[c] + (x − mean[c])·k1[c] + k2[c] over the block; mean null: the folded
+  // dx = dy·k0[c] + x·k1[c] + k2[c].
   void (*nsc_bwd_dx)(const T* x, const T* dy, T* dx, const NscBlock& b, const A* mean,
                      const A* k0, const A* k1, const A* k2);
 };

@@ -503,13 +503,14 @@ FI void affine_run(const T* x, T* y, int64_t n, A c, A s, A h, bool stream) {
                 [=](int64_t i) { return (sload(x + i) - c) * s + h; });
 }
 
-// dx = (x − mean)·k1 + (dy·k0 + k2), parenthesized so that each addition has one product to
-// contract into an FMA: written dy·k0 + (x − mean)·k1 + k2, the first addition has two, and
-// GCC may fuse either one, differently in different inlined copies (an element's result would
-// then depend on which copy computed it: run start, alignment, piece boundaries).
+// dx = xmu·k1 + (dy·k0 + k2) with xmu = x − mean (or x itself in the folded form, whose k2
+// includes −mean·k1), parenthesized so that each addition has one product to contract into an
+// FMA: written dy·k0 + xmu·k1 + k2, the first addition has two, and GCC may fuse either one,
+// differently in different inlined copies (an element's result would then depend on which copy
+// computed it: run start, alignment, piece boundaries).
 template <typename V, typename A>
-FI V dx_value(V g, V x, A m, A k0, A k1, A k2) {
-  return (x - m) * k1 + (g * k0 + k2);
+FI V dx_value(V g, V xmu, A k0, A k1, A k2) {
+  return xmu * k1 + (g * k0 + k2);
 }
 
 template <typename T, typename A>
@@ -517,8 +518,8 @@ FI void dx_run(const T* x, const T* g, T* d, int64_t n, A m, A k0, A k1, A k2, b
   using V = typename VecOf<A>::V;
   const V vm = V{} + m, v0 = V{} + k0, v1 = V{} + k1, v2 = V{} + k2;
   map_run<T, A>(d, n, (const void*)d == (const void*)x || (const void*)d == (const void*)g,
-                stream, [=](int64_t i) { return dx_value(vload(g + i), vload(x + i), vm, v0, v1, v2); },
-                [=](int64_t i) { return dx_value(sload(g + i), sload(x + i), m, k0, k1, k2); });
+                stream, [=](int64_t i) { return dx_value(vload(g + i), vload(x + i) - vm, v0, v1, v2); },
+                [=](int64_t i) { return dx_value(sload(g + i), sload(x + i) - m, k0, k1, k2); });
 }
 
 template <typename T, typename A>
@@ -668,7 +669,7 @@ void nsc_affine_narrow(const T* x, T* y, const NscBlock& b, const A* center, con
   const int64_t P = b.C / g * W, nvp = P / W;  // P ≤ (W − 1)·W
   alignas(64) A pc[W * W], ps[W * W], ph[W * W];
   for (int64_t i = 0; i < P; ++i) {
-    pc[i] = center[i % b.C];
+    pc[i] = center ? center[i % b.C] : A(0);
     ps[i] = scale[i % b.C];
     ph[i] = shift[i % b.C];
   }
@@ -681,7 +682,7 @@ void nsc_affine_narrow(const T* x, T* y, const NscBlock& b, const A* center, con
     }
   for (; i < e1; ++i) {
     const int64_t c = (i - e0) % b.C;
-    sstore(y + i, (sload(x + i) - center[c]) * scale[c] + shift[c]);
+    sstore(y + i, (sload(x + i) - (center ? center[c] : A(0))) * scale[c] + shift[c]);
   }
   end_stream(b.stream);
 }
@@ -695,16 +696,23 @@ void nsc_affine(const T* x, T* y, const NscBlock& b, const A* center, const A* s
     return;
   }
   const int64_t n = b.c1 - b.c0, nv = n / W;
-  const A *cc = center + b.c0, *sc = scale + b.c0, *sh = shift + b.c0;
-  for (int64_t r = b.r0; r < b.r1; ++r) {
-    const T* xr = x + r * b.C + b.c0;
-    T* yr = y + r * b.C + b.c0;
-    for (int64_t v = 0; v < nv; ++v) {
-      const int64_t o = v * W;
-      vout(yr + o, (vload(xr + o) - vload(cc + o)) * vload(sc + o) + vload(sh + o), b.stream);
+  const A *cc = center ? center + b.c0 : nullptr, *sc = scale + b.c0, *sh = shift + b.c0;
+  auto rows = [&]<bool Centered>() {
+    for (int64_t r = b.r0; r < b.r1; ++r) {
+      const T* xr = x + r * b.C + b.c0;
+      T* yr = y + r * b.C + b.c0;
+      for (int64_t v = 0; v < nv; ++v) {
+        const int64_t o = v * W;
+        auto xv = vload(xr + o);
+        if constexpr (Centered) xv = xv - vload(cc + o);
+        vout(yr + o, xv * vload(sc + o) + vload(sh + o), b.stream);
+      }
+      for (int64_t k = nv * W; k < n; ++k)
+        sstore(yr + k, (sload(xr + k) - (Centered ? cc[k] : A(0))) * sc[k] + sh[k]);
     }
-    for (int64_t k = nv * W; k < n; ++k) sstore(yr + k, (sload(xr + k) - cc[k]) * sc[k] + sh[k]);
-  }
+  };
+  if (cc) rows.template operator()<true>();
+  else rows.template operator()<false>();
   end_stream(b.stream);
 }
 
@@ -757,18 +765,25 @@ void nsc_bwd_dx(const T* x, const T* dy, T* dx, const NscBlock& b, const A* mean
                 const A* k1, const A* k2) {
   constexpr int W = VecOf<A>::W;
   const int64_t n = b.c1 - b.c0, nv = n / W;
-  const A *m = mean + b.c0, *q0 = k0 + b.c0, *q1 = k1 + b.c0, *q2 = k2 + b.c0;
-  for (int64_t r = b.r0; r < b.r1; ++r) {
-    const T *xr = x + r * b.C + b.c0, *gr = dy + r * b.C + b.c0;
-    T* dr = dx + r * b.C + b.c0;
-    for (int64_t v = 0; v < nv; ++v) {
-      const int64_t o = v * W;
-      vout(dr + o, dx_value(vload(gr + o), vload(xr + o), vload(m + o), vload(q0 + o),
-                            vload(q1 + o), vload(q2 + o)), b.stream);
+  const A *m = mean ? mean + b.c0 : nullptr, *q0 = k0 + b.c0, *q1 = k1 + b.c0, *q2 = k2 + b.c0;
+  auto rows = [&]<bool Centered>() {
+    for (int64_t r = b.r0; r < b.r1; ++r) {
+      const T *xr = x + r * b.C + b.c0, *gr = dy + r * b.C + b.c0;
+      T* dr = dx + r * b.C + b.c0;
+      for (int64_t v = 0; v < nv; ++v) {
+        const int64_t o = v * W;
+        auto xv = vload(xr + o);
+        if constexpr (Centered) xv = xv - vload(m + o);
+        vout(dr + o, dx_value(vload(gr + o), xv, vload(q0 + o), vload(q1 + o), vload(q2 + o)),
+             b.stream);
+      }
+      for (int64_t k = nv * W; k < n; ++k)
+        sstore(dr + k, dx_value(sload(gr + k), sload(xr + k) - (Centered ? m[k] : A(0)), q0[k],
+                                q1[k], q2[k]));
     }
-    for (int64_t k = nv * W; k < n; ++k)
-      sstore(dr + k, dx_value(sload(gr + k), sload(xr + k), m[k], q0[k], q1[k], q2[k]));
-  }
+  };
+  if (m) rows.template operator()<true>();
+  else rows.template operator()<false>();
   end_stream(b.stream);
 }
 
