@@ -28,6 +28,7 @@ from bn_utils import (
     from_np,
     layouts_for_rank,
     make_tensor,
+    max_abs_err,
     to_np,
 )
 
@@ -270,15 +271,19 @@ def test_large_offset_numerics(fb, ref, gen, dim):
 @pytest.mark.parametrize("outlier", [0.03, 5.0])
 def test_first_element_outlier_numerics(fb, ref, gen, shape, layout, outlier):
     """The CPU statistics take one pass shifted by the first element of each piece of a
-    channel (NCHW) or of each band of rows (channels_last). A first element far out (5.0 is
-    500 standard deviations of the rest) must send its channels to the exact two-pass path
-    instead of cancelling away the variance; one 3 deviations out stays on the one-pass path.
-    (4, 3, 96, 96) has two pieces per channel, (300, 24, 3, 3) several bands, and the 200
-    channels of (8, 200, 5, 5) span column chunks of every width and a scalar remainder."""
+    channel (NCHW) or by the mean of the first 8 rows of each band (channels_last). A shift
+    far out (5.0 is 500 standard deviations of the rest) must send its channels to the exact
+    two-pass path instead of cancelling away the variance; one 3 deviations out stays on the
+    one-pass path. (4, 3, 96, 96) has two pieces per channel, (300, 24, 3, 3) several bands,
+    and the 200 channels of (8, 200, 5, 5) span column chunks of every width and a scalar
+    remainder (shifted by its first row)."""
     fm, tm = make_pair(fb, 2, shape[1], torch.float32, gen)
     x = make_tensor(shape, torch.float32, layout, gen, scale=1e-2, offset=1000.0)
     with torch.no_grad():
-        x[0, :, 0, 0] = 1000.0 + outlier
+        if layout == "channels_last":  # the first 8 rows (N, H, W order) of the first band
+            x.permute(0, 2, 3, 1).reshape(-1, shape[1])[:8] = 1000.0 + outlier
+        else:
+            x[0, :, 0, 0] = 1000.0 + outlier
     check_train_step_numerics(ref, fm, tm, x, gen)
 
 
@@ -304,6 +309,28 @@ def test_channels_last_folded_and_centred_numerics(fb, ref, gen, shape, scale, o
     y_ref = ref.forward_eval(xn, mean, var, to_np(fm.weight), to_np(fm.bias), eps=fm.eps)
     with torch.no_grad():
         assert_error_bound(fm(x), tm(x), y_ref, "eval output")
+
+
+@pytest.mark.parametrize("shape", [(8, 200, 5, 5), (4, 64, 16, 16), (2, 24, 30, 30), (16, 512, 4, 4)])
+def test_channels_last_statistics_precision(fb, ref, gen, shape):
+    """The channels_last column sums go by blocks of 16 rows. Summed over whole bands (up to
+    256 rows) in one float accumulator they drifted: the float32 output and dX were up to 16
+    ulps (of their largest value) off the float64 reference, where torch.nn and fastbn's NCHW
+    path are within about 2. One band of 200 rows with a scalar remainder of 8 channels, four
+    bands of 256 rows, a narrow row, and wide rows in bands of 128."""
+    fm, _ = make_pair(fb, 2, shape[1], torch.float32, gen)
+    x = make_tensor(shape, torch.float32, "channels_last", gen)
+    dy = make_tensor(shape, torch.float32, "channels_last", gen)
+    xg = x.clone().requires_grad_()
+    y = fm(xg)
+    y.backward(dy)
+    xn = to_np(x)
+    y_ref, mean, invstd = ref.forward_train(xn, to_np(fm.weight), to_np(fm.bias), eps=fm.eps)
+    dx_ref, _, _ = ref.backward(to_np(dy), xn, mean, invstd, to_np(fm.weight))
+    ulp = torch.finfo(torch.float32).eps
+    for name, got, want in (("output", y, y_ref), ("grad input", xg.grad, dx_ref)):
+        err = max_abs_err(got, want) / np.abs(want).max()
+        assert err <= 4 * ulp, f"{name}: {err / ulp:.1f} ulps of the largest value"
 
 
 @pytest.mark.parametrize("dim", [1, 2, 3])

@@ -12,8 +12,8 @@
 //   split) the pieces of all channels are spread over the threads, merged per channel behind a
 //   barrier, and each thread normalizes the pieces it reduced.
 // - NSC (channels_last): bands of rows (their size depends only on C and the dtype); per band
-//   and channel the moments (vector lanes = channels, one pass shifted by the band's first
-//   row, see nsc_moments); band moments merged
+//   and channel the moments (vector lanes = channels, one pass shifted by the mean of the
+//   band's first rows, see nsc_moments); band moments merged
 //   per channel in band order behind a barrier; each thread then normalizes its own bands, last
 //   read first, so that the second read of X finds the most recently reduced bands still in
 //   L2/L3.
@@ -47,7 +47,7 @@ namespace {
 // Elements of one channel per piece (NCS): 128 KiB of float, re-read from L2.
 constexpr int64_t kPiece = int64_t(1) << 15;
 // Rows per band (NSC): about kBandBytes of input, at most kMaxBandRows rows so that the
-// per-band float sums stay accurate. Each band costs a per-channel finish (double conversions,
+// per-band float sums (16-row blocks added up in float, see kernels_impl.h) stay accurate. Each band costs a per-channel finish (double conversions,
 // divisions) and a merge step: with 256 KiB bands (32 rows at C = 2048) the 7×7 forward took
 // about 1.4× as long, so bands are as large as an L2 holds.
 constexpr int64_t kBandBytes = 1024 * 1024;

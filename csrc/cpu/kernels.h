@@ -60,8 +60,8 @@ struct Kernels {
   // dx = dy·k0[c] + (x − mean[c])·k1[c] + k2[c] over rows (arrays indexed by c).
   void (*ncs_bwd_dx_rows)(const T* x, const T* dy, T* dx, const NcsRows& r, const A* mean,
                           const A* k0, const A* k1, const A* k2);
-  // Per channel c in [c0, c1): mean and M2 of the block's rows (one pass shifted by the first
-  // row, two exact passes for a channel the shift does not suit), written to mean[c − c0],
+  // Per channel c in [c0, c1): mean and M2 of the block's rows (one pass shifted by the mean of
+  // the first rows, two exact passes for a channel the shift does not suit), written to mean[c − c0],
   // m2[c − c0].
   void (*nsc_moments)(const T* x, const NscBlock& b, double* mean, double* m2);
   // y = (x − center[c])·scale[c] + shift[c] over the block (parameter arrays indexed by c);

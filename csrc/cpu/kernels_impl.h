@@ -7,8 +7,8 @@
 // Numerics, identical in every ISA up to the vector width (which only changes the order of
 // the partial sums): float lanes are folded into double every kFoldVecs vectors (each float
 // lane then holds at most 64 elements), runs shorter than a vector are summed in scalar, and
-// the statistics of an NCS piece or an NSC band take one pass shifted by a sample K (the
-// piece's first element, the band's first row): Σ(x − K) and Σ(x − K)² → mean = K + Σd/n,
+// the statistics of an NCS piece or an NSC band take one pass shifted by K (the piece's
+// first element; the mean of the band's first kShiftRows rows): Σ(x − K) and Σ(x − K)² → mean = K + Σd/n,
 // M2 = Σd² − (Σd)²/n, redone in two exact passes (Σx → center, then the deviations) where K
 // was too far out for M2 to keep its precision (moments_from_deviations). With FMA (AVX2,
 // AVX-512) GCC contracts a·b + c in vector bodies and scalar tails alike.
@@ -37,6 +37,8 @@ namespace {
 constexpr int VB = FASTBN_VB;
 
 #define FI inline __attribute__((always_inline))
+// For lambdas that must inline (those holding register accumulators): `inline` does not apply.
+#define FI_LAMBDA __attribute__((always_inline))
 
 typedef float vf __attribute__((vector_size(VB)));
 typedef double vd __attribute__((vector_size(VB)));
@@ -271,7 +273,7 @@ struct LastLanes {
 
 // Moments from sums shifted by a sample. With d = x − center over n values: mean = center +
 // Σd/n, M2 = Σd² − (Σd)²/n (inv_n = 1/n: called per channel of every band, where divisions
-// would dominate). When the center is a sample, |mean − center| is of the order of the
+// would dominate). When the center is a sample (or the mean of a few), |mean − center| is of the order of the
 // standard deviation and M2 keeps its precision; when it was an outlier (Σd² >
 // kShiftSlack·M2) this returns false and the caller redoes the values in two exact passes.
 constexpr double kShiftSlack = 16;
@@ -568,12 +570,12 @@ void ncs_bwd_dx_rows(const T* x, const T* dy, T* dx, const NcsRows& r, const A* 
 }
 
 // ---------------------------------------------------------------- NSC kernels
-// Band moments in one pass: per channel sums of d = x − K and d² with K the channel's value in
-// the block's first row (moments_from_deviations), column chunk by column chunk in registers
+// Band moments in one pass: per channel sums of d = x − K and d² with K the mean of the
+// channel's first kShiftRows rows in the block (moments_from_deviations), column chunk by column chunk in registers
 // over all the rows (in L1 arrays every row's additions would chain through store-to-load
 // forwarding, and two exact passes read the band twice); a channel K does not suit is redone
-// in two exact passes over its column of the block, which is still in L2. The float sums
-// cover at most the block's rows (≤ 256).
+// in two exact passes over its column of the block, which is still in L2. The sums
+// go by blocks of kFoldRows rows.
 
 // Calls f.template operator()<U>(o) for column chunks of U = kMaxChunk vectors (8 with 32
 // vector registers, as AVX-512 has: 3 per vector are live), then 4, then 1, from channel c0;
@@ -587,6 +589,17 @@ FI int64_t for_col_chunks(int64_t c0, int64_t c1, const F& f) {
   for (; o + W <= c1; o += W) f.template operator()<1>(o);
   return o;
 }
+
+// Rows per block of the NSC column sums: a block sums in fresh registers, then adds into the
+// band's totals. Summed over a whole band (up to 256 rows) in one float accumulator, the sums
+// drift (d = x − K has a nonzero mean, so the partial sums grow with the rows and every
+// addition rounds at their size): the channels_last statistics, and through them the output
+// and dX, were up to 16 float ulps (of the largest value) off the float64 reference, where
+// torch is within 1–4. Blocks of 16 rows, with the shift of shift_rows_mean, bring every
+// tested shape within about 1; the blocks cost no measurable time.
+constexpr int64_t kFoldRows = 16;
+// Rows whose mean shifts a block's column sums (see shift_rows_mean).
+constexpr int64_t kShiftRows = 8;
 
 // Column chunk of U vectors at channel o of rows [r0, r1) (row length C): s1 += Σd, s2 += Σd²
 // with d = x − shift, in registers.
@@ -604,6 +617,41 @@ FI void column_dev_sums(const T* x, int64_t C, int64_t o, int64_t r0, int64_t r1
   }
 }
 
+// sums(ra, rb, s1, s2) adds column sums of U vectors over rows [ra, rb) into s1, s2. Run over
+// [r0, r1) in blocks of kFoldRows rows, each block's sums (fresh registers) then added into
+// o1, o2 (U·W lanes, in memory).
+template <int U, typename A, typename F>
+FI void folded_column_sums(int64_t r0, int64_t r1, A* o1, A* o2, const F& sums) {
+  using V = typename VecOf<A>::V;
+  constexpr int W = VecOf<A>::W;
+  for (int64_t r = r0; r < r1; r += kFoldRows) {
+    V s1[U], s2[U];
+    for (int u = 0; u < U; ++u) s1[u] = s2[u] = V{};
+    sums(r, imin(r + kFoldRows, r1), s1, s2);
+    for (int u = 0; u < U; ++u) {
+      vstore(o1 + u * W, vload(o1 + u * W) + s1[u]);
+      vstore(o2 + u * W, vload(o2 + u * W) + s2[u]);
+    }
+  }
+}
+
+// k[u] = the mean of the block's first kShiftRows rows (or fewer), the shift of its column
+// sums. One row's value (the shift until now) lies about a standard deviation from the
+// column's mean, often several: the shifted sums then drift and Σd² − (Σd)²/n cancels, which
+// left outputs up to 7 ulps off even in blocks of kFoldRows rows. The mean of 8 rows costs
+// this kernel 3–4% more time.
+template <int U, typename T, typename V>
+FI void shift_rows_mean(const T* x, const NscBlock& b, int64_t o, V* k) {
+  using E = std::remove_reference_t<decltype(k[0][0])>;
+  constexpr int W = int(sizeof(V) / sizeof(E));
+  const int64_t r1 = imin(b.r0 + kShiftRows, b.r1);
+  for (int u = 0; u < U; ++u) k[u] = V{};
+  for (int64_t r = b.r0; r < r1; ++r)
+    for (int u = 0; u < U; ++u) k[u] += vload(x + r * b.C + o + u * W);
+  const E inv = E(1) / E(r1 - b.r0);
+  for (int u = 0; u < U; ++u) k[u] *= inv;
+}
+
 template <typename T>
 void nsc_moments(const T* x, const NscBlock& b, double* mean, double* m2) {
   using A = typename KAcc<T>::type;
@@ -614,9 +662,9 @@ void nsc_moments(const T* x, const NscBlock& b, double* mean, double* m2) {
   auto from_deviations = [&](int64_t c, double center, double s1, double s2) {
     return moments_from_deviations(center, s1, s2, inv_count, &mean[c - b.c0], &m2[c - b.c0]);
   };
-  // Sums shifted by the sample k; a channel the shift does not suit is redone exactly.
-  auto put = [&](int64_t c, A k, A s1, A s2) {
-    if (from_deviations(c, double(k), double(s1), double(s2))) return;
+  // Sums shifted by k; a channel the shift does not suit is redone exactly.
+  auto put = [&](int64_t c, A k, double s1, double s2) {
+    if (from_deviations(c, double(k), s1, s2)) return;
     const T* col = x + c;
     double sum = 0, dev = 0;
     for (int64_t r = b.r0; r < b.r1; ++r) sum += double(sload(col + r * b.C));
@@ -629,26 +677,24 @@ void nsc_moments(const T* x, const NscBlock& b, double* mean, double* m2) {
     m2[c - b.c0] = dev;
   };
   auto chunk = [&]<int U>(int64_t o) {
-    V k[U], s1[U], s2[U];
+    V k[U];
+    alignas(64) A s1[U * W] = {}, s2[U * W] = {};
+    shift_rows_mean<U>(x, b, o, k);
+    folded_column_sums<U>(b.r0, b.r1, s1, s2, [&](int64_t ra, int64_t rb, V* t1, V* t2) FI_LAMBDA {
+      column_dev_sums<U>(x, b.C, o, ra, rb, k, t1, t2);
+    });
     for (int u = 0; u < U; ++u) {
-      k[u] = vload(first + o + u * W);
-      s1[u] = s2[u] = V{};
-    }
-    column_dev_sums<U>(x, b.C, o, b.r0 + 1, b.r1, k, s1, s2);  // the first row adds d = 0
-    for (int u = 0; u < U; ++u) {
-      A tk[W], t1[W], t2[W];
+      A tk[W];
       std::memcpy(tk, &k[u], sizeof(V));
-      std::memcpy(t1, &s1[u], sizeof(V));
-      std::memcpy(t2, &s2[u], sizeof(V));
-      for (int l = 0; l < W; ++l) put(o + u * W + l, tk[l], t1[l], t2[l]);
+      for (int l = 0; l < W; ++l) put(o + u * W + l, tk[l], s1[u * W + l], s2[u * W + l]);
     }
   };
   int64_t o = for_col_chunks<W>(b.c0, b.c0 + (b.c1 - b.c0) / W * W, chunk);
   for (; o < b.c1; ++o) {  // the last channels, fewer than a vector
     const A k = sload(first + o);
-    A s1 = 0, s2 = 0;
+    double s1 = 0, s2 = 0;
     for (int64_t r = b.r0 + 1; r < b.r1; ++r) {
-      const A d = sload(x + r * b.C + o) - k;
+      const double d = double(sload(x + r * b.C + o) - k);
       s1 += d;
       s2 += d * d;
     }
@@ -724,36 +770,31 @@ void nsc_bwd_sums(const T* x, const T* dy, const NscBlock& b, const A* mean, dou
   // Column chunks of U vectors: Σdy and Σdy·(x − mean) in registers over the block's rows (in
   // L1 arrays every row's additions would chain through store-to-load forwarding).
   auto chunk = [&]<int U>(int64_t o) {
-    V m[U], a0[U], a1[U];
-    for (int u = 0; u < U; ++u) {
-      m[u] = vload(mean + o + u * W);
-      a0[u] = a1[u] = V{};
-    }
-    for (int64_t r = b.r0; r < b.r1; ++r) {
-      const T *xr = x + r * b.C + o, *gr = dy + r * b.C + o;
-      for (int u = 0; u < U; ++u) {
-        const V g = vload(gr + u * W);
-        a0[u] += g;
-        a1[u] += g * (vload(xr + u * W) - m[u]);
+    V m[U];
+    alignas(64) A a0[U * W] = {}, a1[U * W] = {};
+    for (int u = 0; u < U; ++u) m[u] = vload(mean + o + u * W);
+    folded_column_sums<U>(b.r0, b.r1, a0, a1, [&](int64_t ra, int64_t rb, V* t0, V* t1) FI_LAMBDA {
+      for (int64_t r = ra; r < rb; ++r) {
+        const T *xr = x + r * b.C + o, *gr = dy + r * b.C + o;
+        for (int u = 0; u < U; ++u) {
+          const V g = vload(gr + u * W);
+          t0[u] += g;
+          t1[u] += g * (vload(xr + u * W) - m[u]);
+        }
       }
-    }
-    for (int u = 0; u < U; ++u) {
-      A u0[W], u1[W];
-      std::memcpy(u0, &a0[u], sizeof(V));
-      std::memcpy(u1, &a1[u], sizeof(V));
-      for (int l = 0; l < W; ++l) {
-        s0[o - b.c0 + u * W + l] = u0[l];
-        s1[o - b.c0 + u * W + l] = u1[l];
-      }
+    });
+    for (int i = 0; i < U * W; ++i) {
+      s0[o - b.c0 + i] = a0[i];
+      s1[o - b.c0 + i] = a1[i];
     }
   };
   int64_t o = for_col_chunks<W>(b.c0, b.c0 + (b.c1 - b.c0) / W * W, chunk);
   for (; o < b.c1; ++o) {
-    A t0 = 0, t1 = 0;
+    double t0 = 0, t1 = 0;
     for (int64_t r = b.r0; r < b.r1; ++r) {
       const A g = sload(dy + r * b.C + o);
-      t0 += g;
-      t1 += g * (sload(x + r * b.C + o) - mean[o]);
+      t0 += double(g);
+      t1 += double(g * (sload(x + r * b.C + o) - mean[o]));
     }
     s0[o - b.c0] = t0;
     s1[o - b.c0] = t1;
