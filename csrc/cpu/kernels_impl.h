@@ -702,6 +702,19 @@ void nsc_moments(const T* x, const NscBlock& b, double* mean, double* m2) {
   }
 }
 
+// f.template operator()<Centered, Stream>() with the flags as compile-time constants: no
+// per-vector test of the output form in the row loops (rows of a few vectors felt it).
+template <typename F>
+FI void with_forms(bool centered, bool stream, const F& f) {
+  if (centered) {
+    if (stream) f.template operator()<true, true>();
+    else f.template operator()<true, false>();
+  } else {
+    if (stream) f.template operator()<false, true>();
+    else f.template operator()<false, false>();
+  }
+}
+
 // Elementwise NSC kernels run row-major over the block's full width (the order the hardware
 // prefetchers follow best); the per-channel parameters are L1-resident loads.
 // Whole rows of fewer than W channels: the block is one contiguous stream whose parameters
@@ -733,6 +746,29 @@ void nsc_affine_narrow(const T* x, T* y, const NscBlock& b, const A* center, con
   end_stream(b.stream);
 }
 
+// vec(i, c) for the whole vectors of block b (i: offset of the vector's first element, c: its
+// channel) and scal(i, c) for the elements of each row's last partial vector. Whole rows of
+// whole vectors run as one flat stream, the channel offset wrapping at C: rows of a few
+// vectors paid a row loop's overhead every few vectors.
+template <int W, typename VF, typename SF>
+FI void for_nsc_vectors(const NscBlock& b, const VF& vec, const SF& scal) {
+  const int64_t C = b.C, c0 = b.c0, c1 = b.c1, cv = c0 + (c1 - c0) / W * W;
+  if (c0 == 0 && c1 == C && cv == C) {
+    int64_t c = 0;
+    for (int64_t i = b.r0 * C, e = b.r1 * C; i < e; i += W) {
+      vec(i, c);
+      c += W;
+      c = c == C ? 0 : c;
+    }
+    return;
+  }
+  for (int64_t r = b.r0; r < b.r1; ++r) {
+    const int64_t base = r * C;
+    for (int64_t c = c0; c < cv; c += W) vec(base + c, c);
+    for (int64_t c = cv; c < c1; ++c) scal(base + c, c);
+  }
+}
+
 template <typename T, typename A>
 void nsc_affine(const T* x, T* y, const NscBlock& b, const A* center, const A* scale,
                 const A* shift) {
@@ -741,24 +777,20 @@ void nsc_affine(const T* x, T* y, const NscBlock& b, const A* center, const A* s
     nsc_affine_narrow(x, y, b, center, scale, shift);
     return;
   }
-  const int64_t n = b.c1 - b.c0, nv = n / W;
-  const A *cc = center ? center + b.c0 : nullptr, *sc = scale + b.c0, *sh = shift + b.c0;
-  auto rows = [&]<bool Centered>() {
-    for (int64_t r = b.r0; r < b.r1; ++r) {
-      const T* xr = x + r * b.C + b.c0;
-      T* yr = y + r * b.C + b.c0;
-      for (int64_t v = 0; v < nv; ++v) {
-        const int64_t o = v * W;
-        auto xv = vload(xr + o);
-        if constexpr (Centered) xv = xv - vload(cc + o);
-        vout(yr + o, xv * vload(sc + o) + vload(sh + o), b.stream);
-      }
-      for (int64_t k = nv * W; k < n; ++k)
-        sstore(yr + k, (sload(xr + k) - (Centered ? cc[k] : A(0))) * sc[k] + sh[k]);
-    }
-  };
-  if (cc) rows.template operator()<true>();
-  else rows.template operator()<false>();
+  // Captures by value: with -fno-strict-aliasing, pointers read through references would be
+  // reloaded after every store.
+  with_forms(center != nullptr, b.stream, [=]<bool Centered, bool Stream>() {
+    for_nsc_vectors<W>(
+        b,
+        [=](int64_t i, int64_t c) FI_LAMBDA {
+          auto xv = vload(x + i);
+          if constexpr (Centered) xv = xv - vload(center + c);
+          vout(y + i, xv * vload(scale + c) + vload(shift + c), Stream);
+        },
+        [=](int64_t i, int64_t c) FI_LAMBDA {
+          sstore(y + i, (sload(x + i) - (Centered ? center[c] : A(0))) * scale[c] + shift[c]);
+        });
+  });
   end_stream(b.stream);
 }
 
@@ -805,26 +837,20 @@ template <typename T, typename A>
 void nsc_bwd_dx(const T* x, const T* dy, T* dx, const NscBlock& b, const A* mean, const A* k0,
                 const A* k1, const A* k2) {
   constexpr int W = VecOf<A>::W;
-  const int64_t n = b.c1 - b.c0, nv = n / W;
-  const A *m = mean ? mean + b.c0 : nullptr, *q0 = k0 + b.c0, *q1 = k1 + b.c0, *q2 = k2 + b.c0;
-  auto rows = [&]<bool Centered>() {
-    for (int64_t r = b.r0; r < b.r1; ++r) {
-      const T *xr = x + r * b.C + b.c0, *gr = dy + r * b.C + b.c0;
-      T* dr = dx + r * b.C + b.c0;
-      for (int64_t v = 0; v < nv; ++v) {
-        const int64_t o = v * W;
-        auto xv = vload(xr + o);
-        if constexpr (Centered) xv = xv - vload(m + o);
-        vout(dr + o, dx_value(vload(gr + o), xv, vload(q0 + o), vload(q1 + o), vload(q2 + o)),
-             b.stream);
-      }
-      for (int64_t k = nv * W; k < n; ++k)
-        sstore(dr + k, dx_value(sload(gr + k), sload(xr + k) - (Centered ? m[k] : A(0)), q0[k],
-                                q1[k], q2[k]));
-    }
-  };
-  if (m) rows.template operator()<true>();
-  else rows.template operator()<false>();
+  with_forms(mean != nullptr, b.stream, [=]<bool Centered, bool Stream>() {
+    for_nsc_vectors<W>(
+        b,
+        [=](int64_t i, int64_t c) FI_LAMBDA {
+          auto xv = vload(x + i);
+          if constexpr (Centered) xv = xv - vload(mean + c);
+          vout(dx + i, dx_value(vload(dy + i), xv, vload(k0 + c), vload(k1 + c), vload(k2 + c)),
+               Stream);
+        },
+        [=](int64_t i, int64_t c) FI_LAMBDA {
+          sstore(dx + i, dx_value(sload(dy + i), sload(x + i) - (Centered ? mean[c] : A(0)), k0[c],
+                                  k1[c], k2[c]));
+        });
+  });
   end_stream(b.stream);
 }
 
