@@ -11,8 +11,9 @@ import torch
 
 # ResNet-50's BatchNorm2d inputs, (C, H, W) at 224×224: the stem and the output of each stage.
 RESNET50_CHW = [(64, 112, 112), (256, 56, 56), (512, 28, 28), (1024, 14, 14), (2048, 7, 7)]
-# Batch size for the ResNet-50 shapes: at 16 the two largest are 49 MiB in float32 (far above
-# a 32 MiB L3) and the smallest is 6 MiB, so the suite spans in-cache and DRAM-bound sizes.
+# Batch size for the ResNet-50 shapes: at 16 the two largest are 49 MiB in float32 (working
+# sets of 98 MiB and more, beyond the 32-64 MiB of L3 a development machine's cores get) and
+# the smallest is 6 MiB, so the suite spans in-cache and DRAM-bound sizes.
 DEFAULT_BATCH = 16
 # The reference shape of /work/shared/design/cpu-anchors.md (25 MiB in float32).
 ANCHOR_SHAPE = (32, 64, 56, 56)

@@ -3,6 +3,7 @@ import os
 import platform
 import re
 import subprocess
+import time
 
 import torch
 
@@ -35,6 +36,34 @@ def lscpu():
             info[f"{name}_bytes"] = _size_bytes(fields[key])
             info[f"{name}_lscpu"] = fields[key]
     return info
+
+
+def cache_speed_limit_bytes(reported_bytes, floor_mib=8, factor=0.85):
+    """Largest copy_ working set (input + output) still copied at cache speed, in bytes.
+
+    A virtual machine reports its host's whole L3 (480 MiB on one development machine) while
+    its own share is much smaller, so whether a case "fits the LLC" is measured: copy_ of
+    floor_mib MiB sets the cache-speed bandwidth, then the size doubles until copy_ (the best
+    of 9 calls) runs below `factor` of it (or reaches twice the reported L3, at most 1 GiB of working set).
+    """
+    limit = min(2 * (reported_bytes or 2**29), 2**30)
+
+    def gbps(mib):
+        a = torch.ones(mib << 18)  # mib MiB of float32
+        b = torch.empty_like(a)
+        b.copy_(a)  # page in both
+        times = []
+        for _ in range(9):  # the best of several: a working set reaches the cache gradually
+            t0 = time.perf_counter()
+            b.copy_(a)
+            times.append(time.perf_counter() - t0)
+        return 2 * (mib << 20) / min(times) / 1e9
+
+    reference = gbps(floor_mib)
+    mib = floor_mib
+    while 2 * (2 * mib << 20) <= limit and gbps(2 * mib) >= factor * reference:
+        mib *= 2
+    return 2 * mib << 20
 
 
 def memory_bytes():
@@ -81,6 +110,8 @@ def machine_info(devices):
         **lscpu(),
         **fastbn_info(),
     }
+    if "cpu" in devices:
+        info["l3_cache_speed_bytes"] = cache_speed_limit_bytes(info.get("l3_bytes"))
     if any(d.startswith("cuda") for d in devices):
         props = torch.cuda.get_device_properties(0)
         info.update(gpu=props.name, gpu_capability=f"{props.major}.{props.minor}",
@@ -91,16 +122,22 @@ def machine_info(devices):
 
 def last_level_cache(info, device):
     """Bytes of the cache a working set has to fit in to stay on chip between calls."""
-    return info.get("gpu_l2_bytes") if device.startswith("cuda") else info.get("l3_bytes")
+    if device.startswith("cuda"):
+        return info.get("gpu_l2_bytes")
+    sizes = [b for b in (info.get("l3_bytes"), info.get("l3_cache_speed_bytes")) if b]
+    return min(sizes) if sizes else None
 
 
 def describe(info):
     """One or two lines for the top of the table."""
     mib = lambda b: f"{b / 2**20:g} MiB" if b else "?"  # noqa: E731
     ram = (info.get("memory_bytes") or 0) / 2**30
+    l3_speed = (f" (copy_ at cache speed up to a {mib(info['l3_cache_speed_bytes'])} working set)"
+                if info.get("l3_cache_speed_bytes") else "")
     line = (f"{info.get('cpu_model') or platform.machine()}: {info['cpu_count']} cores, "
             f"{info['torch_threads']} torch threads, {info['cpu_capability']}, "
-            f"L2 {mib(info.get('l2_bytes'))}/core, L3 {mib(info.get('l3_bytes'))}, "
+            f"L2 {mib(info.get('l2_bytes'))}/core, L3 {mib(info.get('l3_bytes'))}"
+            f"{l3_speed}, "
             f"RAM {ram:.0f} GiB; torch {info['torch_version']}, "
             f"fastbn {info['fastbn_version']} ({info.get('fastbn_git') or 'no git'}"
             f"{', CPU kernels ' + info['fastbn_cpu_kernels'] if info.get('fastbn_cpu_kernels') else ''})")

@@ -152,7 +152,8 @@ def summary(rows):
 LEGEND = """\
 ms: median time per call, ±: half the p20-p80 spread as % of the median. MiB: input size.
 LLC: 'yes' if the mode's working set (input+output; x, dy, dx for bwd; x, y, dy, dx for
-fwd+bwd) fits in the last-level cache (CPU L3, GPU L2), so it can stay cached between calls.
+fwd+bwd) fits in the last-level cache (GPU L2; CPU L3, or the largest copy_ working set
+measured at cache speed if smaller), so it can stay cached between calls.
 %copy: bandwidth at the mode's minimal traffic as % of copy_'s bandwidth (100% = as fast as
 reading and writing each needed tensor once at copy_ speed; for fwd/eval = copy_ ms / ms).
 %peak (GPU): the same bandwidth as % of the device's theoretical peak.
