@@ -52,8 +52,11 @@ constexpr int64_t kPiece = int64_t(1) << 15;
 // about 1.4× as long, so bands are as large as an L2 holds.
 constexpr int64_t kBandBytes = 1024 * 1024;
 constexpr int64_t kMaxBandRows = 256;
-// Bytes of input per block of channels normalized sample by sample (see channel_blocks).
-constexpr int64_t kBlockBytes = 256 * 1024;
+// Bytes of input per block of channels normalized sample by sample (see channel_blocks): as
+// much as L1 holds, so that the second read finds it there. Against 256 KiB (L2) blocks, in
+// random order on one machine: NCHW 14×14 forward and backward 5-6% faster, 7×7 and 28×28
+// 1-4%, larger channels (a block of one) the same.
+constexpr int64_t kBlockBytes = 32 * 1024;
 // Below this many bytes of input a call runs on the calling thread.
 constexpr int64_t kSerialBytes = 192 * 1024;
 // Largest output written through the cache (see stream_output).
@@ -205,7 +208,7 @@ bool is_serial(const Layout& L, int64_t bytes_per_elem) {
 
 // The whole-channel paths: each thread takes a contiguous range of channels and goes through
 // it by blocks of about kBlockBytes (bytes_per_elem: of all the inputs read per element):
-// reduce(c) for each channel of a block (its statistics, in L2 afterwards), then
+// reduce(c) for each channel of a block (which is then in L1, or L2 for a large channel), then
 // write(n, cb, ce) for each sample n (the block's output): the runs of a block are contiguous
 // within a sample, whereas one channel's runs lie C·S apart (often a multiple of 4 KiB, so
 // they share L1 sets, and the stores alias the next run's loads).
