@@ -330,12 +330,14 @@ void forward_train_impl(const TrainForwardArgs& a) {
   const bool serial = is_serial(L, esize), stream = stream_output(L, esize);
 
   // Statistics → saved stats, running stats, transform. Per channel, so threads own channels.
+  // (Pointers fetched once: data_ptr's checks cost more than a small channel's arithmetic.)
+  P* const run_mean = running_mean.data();
+  P* const run_var = running_var.data();
   auto finish = [&](int64_t c, const Moments<double>& m) {
     const double var = m.m2 / m.count, invstd = invstd_from_var(var, a.eps);
     save_mean[c] = A(m.mean);
     save_invstd[c] = A(invstd);
-    update_running_stats<double>(running_mean.data(), running_var.data(), c, m.mean, var, m.count,
-                                 factor);
+    update_running_stats<double>(run_mean, run_var, c, m.mean, var, m.count, factor);
     return channel_affine<A>(A(m.mean), A(invstd), weight, bias, c);
   };
 
@@ -493,10 +495,12 @@ void backward_impl(const BackwardArgs& a) {
   const bool serial = is_serial(L, 2 * esize), stream = stream_output(L, esize);
 
   // (Σdy, Σdy·(x − mean)) → dweight, dbias and the per-channel dx coefficients.
+  P* const grad_weight = a.grad_weight.defined() ? a.grad_weight.data_ptr<P>() : nullptr;
+  P* const grad_bias = a.grad_bias.defined() ? a.grad_bias.data_ptr<P>() : nullptr;
   auto finish = [&](int64_t c, double sum_dy, double sum_dy_xmu) {
     const A w = weight ? A(weight[c]) : A(1);
-    if (a.grad_weight.defined()) a.grad_weight.data_ptr<P>()[c] = P(sum_dy_xmu * double(invstd[c]));
-    if (a.grad_bias.defined()) a.grad_bias.data_ptr<P>()[c] = P(sum_dy);
+    if (grad_weight) grad_weight[c] = P(sum_dy_xmu * double(invstd[c]));
+    if (grad_bias) grad_bias[c] = P(sum_dy);
     if (!a.training) return BackwardCoefs<A>{w * invstd[c], A(0), A(0)};
     if (count == 0) return BackwardCoefs<A>{A(0), A(0), A(0)};
     return train_backward_coefs<A>(w, invstd[c], A(sum_dy), A(sum_dy_xmu), A(count));

@@ -231,8 +231,12 @@ constexpr int64_t kFoldVecs = 64;  // vectors per float block (16 per accumulato
 typedef float vhf __attribute__((vector_size(VB / 2)));
 template <typename A>
 struct DSum {
-  vd lo = {}, hi = {};
-  double tail = 0;
+  vd lo, hi;  // zeroed by reset(): as default member initializers, GCC zeroed a Reducer's
+  double tail;  // DSums with rep stos, a tenth of a 7×7 channel's reduction
+  FI void reset() {
+    lo = hi = vd{};
+    tail = 0;
+  }
   FI void fold(typename VecOf<A>::V v) {
     if constexpr (sizeof(A) == 8) {
       lo += v;
@@ -314,7 +318,10 @@ struct Reducer {
   A t[K] = {};
   int64_t nvec = 0, nscalar = 0;
   DSum<A> out[K];
-  FI Reducer() { clear(); }
+  FI Reducer() {
+    for (int k = 0; k < K; ++k) out[k].reset();
+    clear();
+  }
   FI void clear() {
     for (int k = 0; k < K; ++k) a0[k] = a1[k] = a2[k] = a3[k] = V{};
     nvec = 0;
