@@ -33,9 +33,9 @@ providers (--providers), default all:
 {_describe(contenders.PROVIDERS, 8)}
 
 Timing: for each case all providers are built and warmed up, then timed interleaved:
---rounds rounds, in each every provider times --blocks blocks of about --block-ms each
-(calls per block calibrated), starting provider rotating. Median and p20/p80 over all
-blocks. Output: a table on stdout, PREFIX.json (rows + machine), PREFIX.png (plot, needs
+--rounds rounds, in each every provider (in an order shuffled every round) runs one untimed
+block, then times --blocks blocks of about --block-ms each (calls per block calibrated).
+Median and p20/p80 over all timed blocks. Output: a table on stdout, PREFIX.json (rows + machine), PREFIX.png (plot, needs
 matplotlib), PREFIX.csv with --csv.
 
 examples:

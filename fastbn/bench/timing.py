@@ -2,10 +2,13 @@
 
 After warm-up, each contender's block size (calls per timed block) is calibrated so that a
 block lasts about `block_s`. Then `rounds` rounds run; in each round every contender in turn
-times `blocks` blocks (the starting contender rotates from round to round), so slow drift of
-the machine (frequency, other processes, cache state) affects all contenders alike. A
-sample is one block's time divided by its calls; the statistics are over all samples. A call
-longer than a block is timed alone, and fewer times per turn (at least once per round).
+times `blocks` blocks, in an order shuffled afresh every round (from a fixed seed, so runs
+repeat it), so that slow drift of the machine (frequency, other processes) affects all
+contenders alike and none always follows the same one. (A rotating start keeps the cyclic
+order: one contender always followed copy_, into a cache full of copy_'s dirty output, and
+paid for it by up to 5% on cache-resident cases.) A sample is one block's time divided by
+its calls; the statistics are over all samples. A call longer than a block is timed alone,
+and fewer times per turn (at least once per round).
 
 Each turn starts with one untimed block of the contender, so that its timed blocks find the
 cache as its own calls leave it rather than as the previous contender left it: a contender
@@ -17,6 +20,7 @@ CPU blocks are timed with time.perf_counter; CUDA blocks with CUDA events after 
 synchronize (the launch queue is drained before each block, and the end event is waited on).
 """
 import gc
+import random
 import time
 
 import numpy as np
@@ -70,9 +74,10 @@ def summarize(samples):
             "min_ms": float(a.min()), "samples": len(a)}
 
 
-def measure(fns, clock, rounds=10, blocks=3, block_s=0.01):
+def measure(fns, clock, rounds=10, blocks=3, block_s=0.01, seed=0):
     """Time {name: fn} interleaved; returns {name: statistics (see summarize) + calls/block}."""
     names = list(fns)
+    order = random.Random(seed)
     calls, turns = {}, {}
     for n in names:
         calls[n], per_call = calibrate(clock, fns[n], block_s)
@@ -83,9 +88,8 @@ def measure(fns, clock, rounds=10, blocks=3, block_s=0.01):
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        for r in range(rounds):
-            for i in range(len(names)):
-                n = names[(r + i) % len(names)]
+        for _ in range(rounds):
+            for n in order.sample(names, len(names)):
                 clock.block(fns[n], calls[n])  # untimed: see the module docstring
                 for _ in range(turns[n]):
                     samples[n].append(clock.block(fns[n], calls[n]) / calls[n])
