@@ -6,7 +6,7 @@ times `blocks` blocks, in an order shuffled afresh every round (from a fixed see
 repeat it), so that slow drift of the machine (frequency, other processes) affects all
 contenders alike and none always follows the same one. (A rotating start keeps the cyclic
 order: one contender always followed copy_, into a cache full of copy_'s dirty output, and
-paid for it by up to 5% on cache-resident cases.) A sample is one block's time divided by
+paid for it by a few % on cache-resident cases.) A sample is one block's time divided by
 its calls; the statistics are over all samples. A call longer than a block is timed alone,
 and fewer times per turn (at least once per round).
 
