@@ -5,8 +5,9 @@ paths the threading picks (whole channels per thread, pieces spread over the thr
 blocks written sample by sample) sum every channel the same way: outputs, statistics and
 gradients are equal bit for bit with 1 and 2 threads. The shapes are large enough to be
 split over threads (more than 192 KiB) and cover short runs (7×7 maps) in one piece and in
-several, long runs, channel counts that do and do not divide among the threads, and
-channels_last, and outputs large enough to be streamed past the cache. Each result is also
+several, long runs, channel counts that do and do not divide among the threads,
+channels_last with its folded and its centred transform, and outputs large enough to be
+streamed past the cache. Each result is also
 checked against torch.nn in float64.
 """
 import pytest
@@ -25,9 +26,12 @@ SHAPES = [
 # last-level cache they are written with non-temporal stores, and those of 42 MiB (float64
 # here, float32 in the 32x64x72x72 case) beyond the 32 MiB cap on any machine.
 LARGE = (16, 64, 72, 72)
-CASES = [(s, "nchw") for s in SHAPES + [LARGE]] + [
-    ((8, 64, 28, 28), "channels_last"), ((64, 3, 7, 7), "channels_last"),
-    (LARGE, "channels_last"), ((32, 64, 72, 72), "channels_last")]
+# (shape, layout, offset of the data): 3·randn + 5 takes channels_last's folded transform,
+# + 1000 its centred one (see tests/test_cpu_forms.py).
+CASES = [(s, "nchw", 5.0) for s in SHAPES + [LARGE]] + [
+    ((8, 64, 28, 28), "channels_last", 5.0), ((64, 3, 7, 7), "channels_last", 5.0),
+    (LARGE, "channels_last", 5.0), ((32, 64, 72, 72), "channels_last", 5.0),
+    ((8, 64, 28, 28), "channels_last", 1000.0), ((32, 64, 72, 72), "channels_last", 1000.0)]
 
 
 def params(channels):
@@ -56,12 +60,12 @@ def run(x, dy, threads):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-@pytest.mark.parametrize("shape,layout", CASES, ids=lambda v: "x".join(map(str, v))
-                         if isinstance(v, tuple) else v)
-def test_results_equal_for_one_and_two_threads(shape, layout, dtype):
+@pytest.mark.parametrize("shape,layout,offset", CASES,
+                         ids=["x".join(map(str, s)) + f"-{lay}-{off:g}" for s, lay, off in CASES])
+def test_results_equal_for_one_and_two_threads(shape, layout, offset, dtype):
     gen = torch.Generator().manual_seed(0)
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-    x = (torch.randn(shape, generator=gen) * 3 + 5).to(dtype=dtype, memory_format=fmt)
+    x = (torch.randn(shape, generator=gen) * 3 + offset).to(dtype=dtype, memory_format=fmt)
     dy = torch.randn(shape, generator=gen).to(dtype=dtype, memory_format=fmt)
     one, two = run(x, dy, 1), run(x, dy, 2)
     for a, b in zip(one, two):

@@ -39,14 +39,19 @@ def lscpu():
 
 
 def cache_speed_limit_bytes(reported_bytes, floor_mib=8, factor=0.85):
-    """Largest copy_ working set (input + output) still copied at cache speed, in bytes.
+    """Largest copy_ working set (input + output) still copied at cache speed, in bytes; None
+    if copy_ never slowed down within the sizes tried.
 
     A virtual machine reports its host's whole L3 (480 MiB on one development machine) while
     its own share is much smaller, so whether a case "fits the LLC" is measured: copy_ of
     floor_mib MiB sets the cache-speed bandwidth, then the size doubles until copy_ (the best
-    of 9 calls) runs below `factor` of it (or reaches twice the reported L3, at most 1 GiB of working set).
+    of 9 calls) runs below `factor` of it. The sizes stop at twice the reported L3 and at a
+    sixteenth of the RAM (at most 1 GiB of working set); a copy_ that never slows down there
+    means floor_mib was already beyond the cache (or the cache beyond the sizes), so no
+    measurement is returned.
     """
-    limit = min(2 * (reported_bytes or 2**29), 2**30)
+    ram = memory_bytes() or 2**34
+    limit = min(2 * (reported_bytes or 2**29), ram // 16, 2**30)
 
     def gbps(mib):
         a = torch.ones(mib << 18)  # mib MiB of float32
@@ -61,9 +66,11 @@ def cache_speed_limit_bytes(reported_bytes, floor_mib=8, factor=0.85):
 
     reference = gbps(floor_mib)
     mib = floor_mib
-    while 2 * (2 * mib << 20) <= limit and gbps(2 * mib) >= factor * reference:
+    while 2 * (2 * mib << 20) <= limit:
+        if gbps(2 * mib) < factor * reference:
+            return 2 * mib << 20
         mib *= 2
-    return 2 * mib << 20
+    return None
 
 
 def memory_bytes():
