@@ -5,9 +5,8 @@ channel's |center|·invstd ≤ 4, else (x − center)·scale + shift (centred); 
 csrc/cpu/batch_norm_cpu.cpp. Both are accurate enough to pass the error bounds of
 test_modules.py, so those tests cannot tell which one ran. Here each form is emulated in
 float64 from the float32 parameters the kernel uses, rounded to float32 once per operation
-the kernel rounds (an FMA is one rounding), and the output must equal the expected form's
-emulation bit for bit and differ from the other's. Runs the best kernel table only: the
-baseline one has no FMA, so its roundings differ.
+the kernel rounds (an FMA is one rounding; the baseline kernel table has none), and the
+output must equal the expected form's emulation bit for bit and differ from the other's.
 """
 import pytest
 import torch
@@ -20,7 +19,8 @@ FUSED = fastbn.info.cpu_kernel_isa() != "default"
 
 
 def fma32(a, b, c):
-    """float32 a·b + c with one rounding (float64 holds the product of two float32 exactly)."""
+    """float32 a·b + c as the kernel rounds it. float64 holds the product of two float32
+    exactly, so a·b + c in float64 then float32 is one rounding, bar a double-rounding tie."""
     a, b, c = a.double(), b.double(), c.double()
     return (a * b + c).float() if FUSED else ((a * b).float().double() + c).float()
 

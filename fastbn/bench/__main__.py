@@ -36,8 +36,8 @@ providers (--providers), default all:
 Timing: for each case all providers are built and warmed up, then timed interleaved:
 --rounds rounds, in each every provider (in an order shuffled every round) runs one untimed
 block, then times --blocks blocks of about --block-ms each (calls per block calibrated).
-Median and p20/p80 over all timed blocks. Output: a table on stdout, PREFIX.json (rows + machine), PREFIX.png (plot, needs
-matplotlib), PREFIX.csv with --csv.
+Median and p20/p80 over all timed blocks. Output: a table on stdout, PREFIX.json (rows +
+machine), PREFIX.png (plot, needs matplotlib), PREFIX.csv with --csv.
 
 examples:
   python -m fastbn.bench                         # full suite, ~15 min on 2 cores

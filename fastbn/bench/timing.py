@@ -2,13 +2,13 @@
 
 After warm-up, each contender's block size (calls per timed block) is calibrated so that a
 block lasts about `block_s`. Then `rounds` rounds run; in each round every contender in turn
-times `blocks` blocks, in an order shuffled afresh every round (from a seed the caller
-gives per case, so runs repeat it), so that slow drift of the machine (frequency, other processes) affects all
-contenders alike and none always follows the same one. (A rotating start keeps the cyclic
-order: one contender always followed copy_, into a cache full of copy_'s dirty output, and
-paid for it by a few % on cache-resident cases.) A sample is one block's time divided by
-its calls; the statistics are over all samples. A call longer than a block is timed alone,
-and fewer times per turn (at least once per round).
+times `blocks` blocks, in an order shuffled afresh every round (from a seed the caller gives
+per case, so runs repeat it), so that slow drift of the machine (frequency, other processes)
+affects all contenders alike and none always follows the same one. (A rotating start keeps
+the cyclic order: one contender always followed copy_, into a cache full of copy_'s dirty
+output, and paid for it by a few % on cache-resident cases.) A sample is one block's time
+divided by its calls; the statistics are over all samples. A call longer than a block is
+timed alone, and fewer times per turn (at least once per round).
 
 Each turn starts with one untimed block of the contender, so that its timed blocks find the
 cache as its own calls leave it rather than as the previous contender left it: a contender
