@@ -10,6 +10,7 @@ output must equal the expected form's emulation bit for bit and differ from the 
 """
 import pytest
 import torch
+from bn_utils import make_tensor
 
 import fastbn
 import fastbn.info
@@ -42,9 +43,7 @@ def check_form(y, centred, folded, want_folded):
     assert not torch.equal(y, other), "the test cannot tell the two forms apart"
 
 
-def make_input(offset, gen, channels=64):
-    x = torch.randn(8, channels, 6, 6, generator=gen) + offset
-    return x.contiguous(memory_format=torch.channels_last)
+SHAPE = (8, 64, 6, 6)
 
 
 def params(channels, gen):
@@ -52,9 +51,8 @@ def params(channels, gen):
 
 
 @pytest.mark.parametrize("offset, folded", [(0.0, True), (3.0, True), (1000.0, False)])
-def test_eval_form(offset, folded):
-    gen = torch.Generator().manual_seed(0)
-    x = make_input(offset, gen)
+def test_eval_form(gen, offset, folded):
+    x = make_tensor(SHAPE, torch.float32, "channels_last", gen, offset=offset)
     channels = x.shape[1]
     m = fastbn.BatchNorm2d(channels).eval()
     weight, bias = params(channels, gen)
@@ -69,9 +67,8 @@ def test_eval_form(offset, folded):
 
 
 @pytest.mark.parametrize("offset, folded", [(0.0, True), (3.0, True), (1000.0, False)])
-def test_training_form(offset, folded):
-    gen = torch.Generator().manual_seed(1)
-    x = make_input(offset, gen)
+def test_training_form(gen, offset, folded):
+    x = make_tensor(SHAPE, torch.float32, "channels_last", gen, offset=offset)
     weight, bias = params(x.shape[1], gen)
     y, mean, invstd = ops.batch_norm_train(x, weight, bias, None, None, None, 0.1, 1e-5)
     check_form(y, *forms(x, mean, invstd, weight, bias), want_folded=folded)
