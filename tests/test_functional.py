@@ -90,6 +90,25 @@ def test_functional_layouts_channels_last(fb, gen):
     torch.testing.assert_close(rv, rv2)
 
 
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("given", ["weight", "bias"])
+def test_gradients_with_only_weight_or_only_bias(fb, gen, training, given):
+    # Only the given parameter gets a gradient, and it is torch's (a bias without a weight was
+    # once left without one: the autograd node looked for it at the weight's place).
+    x = make_tensor((4, 3, 5, 5), torch.float32, "contiguous", gen)
+    dy = make_tensor((4, 3, 5, 5), torch.float32, "contiguous", gen)
+    p0 = torch.rand(3, generator=gen) + 0.5
+    grads = []
+    for fn in (fb.functional.batch_norm, F.batch_norm):
+        xx, p = x.clone().requires_grad_(), p0.clone().requires_grad_()
+        kw = {given: p}
+        y = fn(xx, torch.zeros(3), torch.ones(3), training=training, **kw)
+        grads.append(torch.autograd.grad(y, (xx, p), dy))
+    (dxf, dpf), (dxt, dpt) = grads
+    torch.testing.assert_close(dxf, dxt)
+    torch.testing.assert_close(dpf, dpt)
+
+
 # ------------------------------------------------------------------ gradcheck (float64)
 GC_SHAPES = [(4, 3), (3, 2, 5), (2, 3, 3, 2), (2, 2, 2, 1, 3)]
 

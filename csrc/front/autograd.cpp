@@ -59,9 +59,12 @@ variable_list run_backward(AutogradContext* ctx, const at::Tensor& grad_output, 
     mean = mean.to(stats);
     invstd = (invstd.to(stats) + ctx->saved_data["eps"].toDouble()).rsqrt();
   }
-  const std::array<bool, 3> mask = {ctx->needs_input_grad(0),
-                                    weight.defined() && ctx->needs_input_grad(1),
-                                    ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2)};
+  // needs_input_grad counts only the tensor arguments that were given: without a weight, the
+  // bias is the second.
+  const size_t bias_edge = weight.defined() ? 2 : 1;
+  const std::array<bool, 3> mask = {
+      ctx->needs_input_grad(0), weight.defined() && ctx->needs_input_grad(1),
+      ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(bias_edge)};
   if (!grad_output.defined()) return {};
   // Under create_graph (grad mode on) this dispatches through autograd to BackwardFunction
   // below, which makes a second differentiation fail loudly instead of silently; otherwise it
