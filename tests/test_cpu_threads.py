@@ -2,7 +2,8 @@
 
 The decomposition into pieces, bands and rows depends only on the shape and dtype, and the
 paths the threading picks (whole channels per thread, pieces spread over the threads, channel
-blocks written sample by sample) sum every channel the same way: outputs, statistics and
+blocks written sample by sample, paired blocks reduced sample by sample) sum every channel the
+same way: outputs, statistics and
 gradients are equal bit for bit with 1 and 2 threads. The shapes are large enough to be
 split over threads (more than 192 KiB) and cover short runs (7×7 maps) in one piece and in
 several, long runs, channel counts that do and do not divide among the threads,
@@ -19,6 +20,8 @@ SHAPES = [
     (32, 96, 7, 7),     # short runs, whole channels per thread
     (700, 3, 7, 7),     # short runs, several pieces per channel
     (4, 5, 56, 56),     # long runs, pieces spread over the threads
+    (40, 3, 28, 28),    # one piece per channel, C odd: pieces spread over 2 threads, paired
+                        # channel blocks (sample by sample) on 1
     (8, 64, 28, 28),    # long runs, whole channels per thread
 ]
 # Outputs of 21 MiB (float32; 10.5 MiB bfloat16, 42 MiB float64): beyond half of a 32 MiB

@@ -7,10 +7,12 @@
 //   with Chan's formula in double in piece order. When the channels spread evenly over the
 //   threads, each thread owns a run of channels and normalizes (or computes dx for) each
 //   channel right after its statistics, while it is in L2: X is read once from memory.
-//   Channels go by blocks (channel_blocks): statistics channel by channel, then
-//   the block's output sample by sample. Otherwise (fewer channels than threads, or an uneven
-//   split) the pieces of all channels are spread over the threads, merged per channel behind a
-//   barrier, and each thread normalizes the pieces it reduced.
+//   Channels go by blocks (channel_blocks): statistics channel by channel, then the block's
+//   output sample by sample; when every channel is one piece of runs of at least 4 vectors,
+//   by paired blocks (paired_channel_blocks): a block's statistics sample by sample,
+//   interleaved with the output of the block before. Otherwise (fewer channels than threads,
+//   or an uneven split) the pieces of all channels are spread over the threads, merged per
+//   channel behind a barrier, and each thread normalizes the pieces it reduced.
 // - NSC (channels_last): bands of rows (their size depends only on C and the dtype); per band
 //   and channel the moments (vector lanes = channels, one pass shifted by the mean of the
 //   band's first rows, see nsc_moments); band moments merged
@@ -226,6 +228,34 @@ void channel_blocks(bool serial, const Layout& L, int64_t bytes_per_elem, const 
   });
 }
 
+// The whole-channel paths when every channel is one piece: each thread takes a contiguous range
+// of channels and goes through it by blocks of about kBlockBytes (at most kMaxBlockChannels
+// channels); step(r0, r1, w0, w1) reduces the block [r0, r1) while it writes the block before
+// it, [w0, w1), and then finishes the reduced channels, which the next step writes.
+template <typename Step>
+void paired_channel_blocks(bool serial, const Layout& L, int64_t bytes_per_elem, const Step& step) {
+  const int64_t block = std::clamp<int64_t>(kBlockBytes / (L.per_channel() * bytes_per_elem), 1,
+                                            kMaxBlockChannels);
+  par(serial, 0, L.C, [&](int64_t c0, int64_t c1) {
+    int64_t w0 = c0, w1 = c0;
+    for (int64_t r0 = c0; r0 < c1; r0 += block) {
+      const int64_t r1 = std::min(c1, r0 + block);
+      step(r0, r1, w0, w1);
+      w0 = r0;
+      w1 = r1;
+    }
+    step(c1, c1, w0, w1);
+  });
+}
+
+// Whether the whole-channel paths go by paired blocks: every channel one piece, in runs of at
+// least 4 vectors. Measured in random order against channel_blocks: 14×14 forward and
+// backward 3-6% faster, 28×28 the same or faster; on 7×7 maps (runs of 3 vectors and a
+// part, with each channel's Reducer loaded and stored per run) 1-5% slower.
+bool paired_blocks(const Layout& L, int64_t pieces, int vector_width) {
+  return pieces == 1 && L.S >= 4 * vector_width;
+}
+
 // Per-band partial results (NSC): reused across calls so that large scratch arrays cost no
 // page faults. Every element that is read was written by the same call.
 double* scratch(int slot, size_t n) {
@@ -400,6 +430,18 @@ void forward_train_impl(const TrainForwardArgs& a) {
   };
   if (whole_channels_per_thread(L, esize, serial)) {
     AffineArrays<A> t(L.C);
+    if (paired_blocks(L, pieces, kern.width)) {
+      paired_channel_blocks(serial, L, esize, [&](int64_t r0, int64_t r1, int64_t w0, int64_t w1) {
+        double mean[kMaxBlockChannels], m2[kMaxBlockChannels];
+        kern.ncs_block_moments(x, y, {L.C, L.S, L.N, r0, r1, w0, w1, stream}, t.center.data(),
+                               t.scale.data(), t.shift.data(), mean, m2);
+        for (int64_t c = r0; c < r1; ++c) {
+          const ChannelAffine<A> tc = finish(c, {double(M), mean[c - r0], m2[c - r0]});
+          t.set(c, tc, double(save_invstd[c]));
+        }
+      });
+      return;
+    }
     channel_blocks(
         serial, L, esize,
         [&](int64_t c) {
@@ -580,6 +622,15 @@ void backward_impl(const BackwardArgs& a) {
     return s;
   };
   if (whole_channels_per_thread(L, 2 * esize, serial)) {
+    if (paired_blocks(L, pieces, kern.width)) {
+      paired_channel_blocks(serial, L, 2 * esize, [&](int64_t r0, int64_t r1, int64_t w0, int64_t w1) {
+        double s0[kMaxBlockChannels], s1[kMaxBlockChannels];
+        kern.ncs_block_bwd(x, dy, dx, {L.C, L.S, L.N, r0, r1, w0, w1, stream}, mean,
+                           dy_scale.data(), k.scale.data(), k.shift.data(), s0, s1);
+        for (int64_t c = r0; c < r1; ++c) set_coefs(c, finish(c, s0[c - r0], s1[c - r0]));
+      });
+      return;
+    }
     // Reductions then dx, while the block of channels is still in cache.
     channel_blocks(
         serial, L, 2 * esize,

@@ -35,6 +35,16 @@ struct NcsRows {
   bool stream = false;  // outputs: non-temporal stores
 };
 
+// Two blocks of channels of an NCS tensor whose channels are each one piece (all N·S
+// elements): channels [r0, r1) to reduce, at most kMaxBlockChannels of them, and channels
+// [w0, w1) to write (the block reduced before, still in cache). Either may be empty.
+constexpr int64_t kMaxBlockChannels = 32;
+struct NcsBlocks {
+  int64_t C, S, N;
+  int64_t r0, r1, w0, w1;
+  bool stream = false;  // outputs: non-temporal stores
+};
+
 // Rows [r0, r1) and channel columns [c0, c1) of an NSC tensor (rows of C elements).
 struct NscBlock {
   int64_t C;
@@ -45,6 +55,7 @@ struct NscBlock {
 template <typename T>
 struct Kernels {
   using A = typename KAcc<T>::type;
+  int width;  // elements of A per vector
   // Moments of a piece: out = {mean, M2} (count is j1 − j0); one pass shifted by its first
   // element, two exact passes if that element does not suit.
   void (*ncs_moments)(const T* x, const NcsPiece& p, double* out);
@@ -60,6 +71,18 @@ struct Kernels {
   // dx = dy·k0[c] + (x − mean[c])·k1[c] + k2[c] over rows (arrays indexed by c).
   void (*ncs_bwd_dx_rows)(const T* x, const T* dy, T* dx, const NcsRows& r, const A* mean,
                           const A* k0, const A* k1, const A* k2);
+  // For runs of at least `width` elements (S ≥ width), sample by sample: the moments of the
+  // channels [r0, r1) (as ncs_moments, bit for bit; written
+  // to mean[c − r0], m2[c − r0]) and y = (x − center[c])·scale[c] + shift[c] for the channels
+  // [w0, w1). The reads of the one block and the writes of the other interleave, and the
+  // reduction reads each sample's runs in address order.
+  void (*ncs_block_moments)(const T* x, T* y, const NcsBlocks& b, const A* center,
+                            const A* scale, const A* shift, double* mean, double* m2);
+  // For S ≥ width, sample by sample: s0[c − r0] = Σdy, s1[c − r0] = Σdy·(x − mean[c]) over the
+  // channels [r0, r1) (as ncs_bwd_sums, bit for bit), and dx = dy·k0[c] + (x − mean[c])·k1[c] + k2[c]
+  // over the channels [w0, w1) (none if dx is null).
+  void (*ncs_block_bwd)(const T* x, const T* dy, T* dx, const NcsBlocks& b, const A* mean,
+                        const A* k0, const A* k1, const A* k2, double* s0, double* s1);
   // Per channel c in [c0, c1): mean and M2 of the block's rows (one pass shifted by the mean of
   // the first rows, two exact passes for a channel the shift does not suit), written to mean[c − c0],
   // m2[c − c0].

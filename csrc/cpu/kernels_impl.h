@@ -22,6 +22,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <new>
 #include <type_traits>
 
 #include "cpu/kernels.h"
@@ -576,6 +577,88 @@ void ncs_bwd_dx_rows(const T* x, const T* dy, T* dx, const NcsRows& r, const A* 
   end_stream(r.stream);
 }
 
+// ---------------------------------------------------------------- NCS channel blocks
+// One block of channels reduced sample by sample, each channel through its own Reducer that
+// gets the channel's runs in the same order as piece_totals does (so the totals are the same
+// bit for bit), and between two samples the output of the previous block. Runs of at least a
+// vector only: shorter ones go through scalar code that GCC may contract into FMAs
+// differently here and in piece_totals. Against reducing
+// channel by channel and then writing: the reads go in address order, and the writes of one
+// block share the memory system with the reads of the next instead of following them.
+template <typename A, int K, typename Make, typename Write>
+FI void block_totals(const NcsBlocks& b, const Make& make, const Write& write, double* out) {
+  using R = Reducer<A, K>;
+  constexpr int W = VecOf<A>::W;
+  const int64_t nr = b.r1 - b.r0;
+  alignas(R) unsigned char storage[kMaxBlockChannels * sizeof(R)];
+  R* r = reinterpret_cast<R*>(storage);
+  for (int64_t i = 0; i < nr; ++i) new (&r[i]) R();
+  const LastLanes<typename VecOf<A>::V> last(int(b.S % W));
+  for (int64_t n = 0; n < b.N; ++n) {
+    int64_t off = (n * b.C + b.r0) * b.S;
+    for (int64_t i = 0; i < nr; ++i, off += b.S) r[i].vectors(make(off, b.r0 + i), b.S, last);
+    write(n);
+  }
+  for (int64_t i = 0; i < nr; ++i) {
+    r[i].finish();
+    for (int k = 0; k < K; ++k) out[k * nr + i] = r[i].out[k].total();
+  }
+}
+
+// f(c, offset) for the runs of channels [w0, w1) in sample n.
+template <typename F>
+FI void for_block_rows(const NcsBlocks& b, int64_t n, const F& f) {
+  if (b.w1 > b.w0) for_each_row(NcsRows{b.C, b.S, n * b.C + b.w0, n * b.C + b.w1, b.stream}, f);
+}
+
+template <typename T, typename A>
+void ncs_block_moments(const T* x, T* y, const NcsBlocks& b, const A* center, const A* scale,
+                       const A* shift, double* mean, double* m2) {
+  const int64_t nr = b.r1 - b.r0, M = b.N * b.S;
+  A first[kMaxBlockChannels];  // each channel's shift: its first element, as in ncs_moments
+  for (int64_t i = 0; i < nr; ++i) first[i] = sload(x + (b.r0 + i) * b.S);
+  double dev[2 * kMaxBlockChannels];
+  block_totals<A, 2>(
+      b, [&](int64_t off, int64_t c) FI_LAMBDA { return DevTerms<T, A>(x + off, first[c - b.r0]); },
+      [&](int64_t n) FI_LAMBDA {
+        for_block_rows(b, n, [&](int64_t c, int64_t off) {
+          affine_run(x + off, y + off, b.S, center[c], scale[c], shift[c], b.stream);
+        });
+      },
+      dev);
+  const double count = double(M);
+  for (int64_t i = 0; i < nr; ++i) {
+    if (moments_from_deviations(double(first[i]), dev[i], dev[nr + i], 1 / count, &mean[i], &m2[i]))
+      continue;
+    double o[2];  // the shift did not suit: ncs_moments' two exact passes
+    ncs_moments(x, NcsPiece{b.C, b.S, b.r0 + i, 0, M}, o);
+    mean[i] = o[0];
+    m2[i] = o[1];
+  }
+  end_stream(b.stream);
+}
+
+template <typename T, typename A>
+void ncs_block_bwd(const T* x, const T* dy, T* dx, const NcsBlocks& b, const A* mean, const A* k0,
+                   const A* k1, const A* k2, double* s0, double* s1) {
+  const int64_t nr = b.r1 - b.r0;
+  double tot[2 * kMaxBlockChannels];
+  block_totals<A, 2>(
+      b, [&](int64_t off, int64_t c) FI_LAMBDA { return BwdTerms<T, A>(x + off, dy + off, mean[c]); },
+      [&](int64_t n) FI_LAMBDA {
+        if (!dx) return;
+        for_block_rows(b, n, [&](int64_t c, int64_t off) {
+          dx_run(x + off, dy + off, dx + off, b.S, mean[c], k0[c], k1[c], k2[c], b.stream);
+        });
+      },
+      tot);
+  for (int64_t i = 0; i < nr; ++i) {
+    s0[i] = tot[i];
+    s1[i] = tot[nr + i];
+  }
+  end_stream(b.stream);
+}
+
 // ---------------------------------------------------------------- NSC kernels
 // Band moments in one pass: per channel sums of d = x − K and d² with K the mean of the
 // channel's first kShiftRows rows in the block (moments_from_deviations), column chunk by column chunk in registers
@@ -865,12 +948,15 @@ template <typename T>
 Kernels<T> make_kernels() {
   using A = typename KAcc<T>::type;
   Kernels<T> k;
+  k.width = VecOf<A>::W;
   k.ncs_moments = &ncs_moments<T>;
   k.ncs_affine = &ncs_affine<T, A>;
   k.ncs_affine_rows = &ncs_affine_rows<T, A>;
   k.ncs_bwd_sums = &ncs_bwd_sums<T, A>;
   k.ncs_bwd_dx = &ncs_bwd_dx<T, A>;
   k.ncs_bwd_dx_rows = &ncs_bwd_dx_rows<T, A>;
+  k.ncs_block_moments = &ncs_block_moments<T, A>;
+  k.ncs_block_bwd = &ncs_block_bwd<T, A>;
   k.nsc_moments = &nsc_moments<T>;
   k.nsc_affine = &nsc_affine<T, A>;
   k.nsc_bwd_sums = &nsc_bwd_sums<T, A>;
