@@ -264,13 +264,23 @@ double* scratch(int slot, size_t n) {
   return buf[slot].data();
 }
 
-// Parameters of one call as typed pointers (contiguous copies of strided per-channel tensors).
-template <typename P>
-const P* ptr_or_null(const std::optional<at::Tensor>& t, std::vector<at::Tensor>& keep) {
-  if (!t.has_value() || !t->defined()) return nullptr;
-  keep.push_back(t->contiguous());
-  return keep.back().data_ptr<P>();
-}
+// Parameters of one call as typed pointers (contiguous copies of strided per-channel tensors,
+// held here; no heap allocation when they are contiguous already).
+class Params {
+ public:
+  template <typename P>
+  const P* ptr(const std::optional<at::Tensor>& t) {
+    if (!t.has_value() || !t->defined()) return nullptr;
+    TORCH_INTERNAL_ASSERT(n_ < kMax);
+    held_[n_] = t->expect_contiguous();
+    return held_[n_++]->template data_ptr<P>();
+  }
+
+ private:
+  static constexpr int kMax = 4;
+  c10::MaybeOwned<at::Tensor> held_[kMax];
+  int n_ = 0;
+};
 
 // A running-stat buffer written in place; a strided one is updated through a contiguous copy.
 template <typename P>
@@ -313,9 +323,13 @@ class FoldCheck {
 // Per-channel transform as arrays (what the NSC kernels read), centred and folded.
 template <typename A>
 struct AffineArrays {
-  std::vector<A> center, scale, shift, folded_shift;
+  std::vector<A> storage;  // one allocation: small calls feel every malloc
+  A *center, *scale, *shift, *folded_shift;
   FoldCheck check;
-  explicit AffineArrays(int64_t C) : center(C), scale(C), shift(C), folded_shift(C) {}
+  explicit AffineArrays(int64_t C)
+      : storage(4 * C), center(storage.data()), scale(center + C), shift(scale + C),
+        folded_shift(shift + C) {}
+  AffineArrays(const AffineArrays&) = delete;
   void set(int64_t c, const ChannelAffine<A>& t, double invstd) {
     center[c] = t.center;
     scale[c] = t.scale;
@@ -324,8 +338,8 @@ struct AffineArrays {
     check.note(double(t.center), invstd);
   }
   // The NSC kernels' arguments: null centers mean the folded form.
-  const A* centers() const { return check.fold() ? nullptr : center.data(); }
-  const A* shifts() const { return check.fold() ? folded_shift.data() : shift.data(); }
+  const A* centers() const { return check.fold() ? nullptr : center; }
+  const A* shifts() const { return check.fold() ? folded_shift : shift; }
 };
 
 // ---------------------------------------------------------------- training forward
@@ -336,9 +350,9 @@ void forward_train_impl(const TrainForwardArgs& a) {
   using K = k_t<T>;
   const Kernels<K>& kern = kernels_for<K>();
   const Layout& L = a.layout;
-  std::vector<at::Tensor> keep;
-  const P* weight = ptr_or_null<P>(a.weight, keep);
-  const P* bias = ptr_or_null<P>(a.bias, keep);
+  Params params;
+  const P* weight = params.ptr<P>(a.weight);
+  const P* bias = params.ptr<P>(a.bias);
   InPlace<P> running_mean(a.running_mean), running_var(a.running_var);
   A* save_mean = a.save_mean.data_ptr<A>();
   A* save_invstd = a.save_invstd.data_ptr<A>();
@@ -413,7 +427,7 @@ void forward_train_impl(const TrainForwardArgs& a) {
         [&](int64_t b0, int64_t b1) {
           for (int64_t b = b1 - 1; b >= b0; --b)
             kern.nsc_affine(x, y, {L.C, b * rows, std::min(R, (b + 1) * rows), 0, L.C, stream},
-                            t.centers(), t.scale.data(), t.shifts());
+                            t.centers(), t.scale, t.shifts());
         });
     return;
   }
@@ -433,8 +447,8 @@ void forward_train_impl(const TrainForwardArgs& a) {
     if (paired_blocks(L, pieces, kern.width)) {
       paired_channel_blocks(serial, L, esize, [&](int64_t r0, int64_t r1, int64_t w0, int64_t w1) {
         double mean[kMaxBlockChannels], m2[kMaxBlockChannels];
-        kern.ncs_block_moments(x, y, {L.C, L.S, L.N, r0, r1, w0, w1, stream}, t.center.data(),
-                               t.scale.data(), t.shift.data(), mean, m2);
+        kern.ncs_block_moments(x, y, {L.C, L.S, L.N, r0, r1, w0, w1, stream}, t.center,
+                               t.scale, t.shift, mean, m2);
         for (int64_t c = r0; c < r1; ++c) {
           const ChannelAffine<A> tc = finish(c, {double(M), mean[c - r0], m2[c - r0]});
           t.set(c, tc, double(save_invstd[c]));
@@ -452,7 +466,7 @@ void forward_train_impl(const TrainForwardArgs& a) {
         },
         [&](int64_t n, int64_t c0, int64_t c1) {
           kern.ncs_affine_rows(x, y, {L.C, L.S, n * L.C + c0, n * L.C + c1, stream},
-                               t.center.data(), t.scale.data(), t.shift.data());
+                               t.center, t.scale, t.shift);
         });
     return;
   }
@@ -489,11 +503,11 @@ void forward_eval_impl(const EvalForwardArgs& a) {
   using K = k_t<T>;
   const Kernels<K>& kern = kernels_for<K>();
   const Layout& L = a.layout;
-  std::vector<at::Tensor> keep;
-  const P* weight = ptr_or_null<P>(a.weight, keep);
-  const P* bias = ptr_or_null<P>(a.bias, keep);
-  const P* mean = ptr_or_null<P>(a.running_mean, keep);
-  const P* var = ptr_or_null<P>(a.running_var, keep);
+  Params params;
+  const P* weight = params.ptr<P>(a.weight);
+  const P* bias = params.ptr<P>(a.bias);
+  const P* mean = params.ptr<P>(a.running_mean);
+  const P* var = params.ptr<P>(a.running_var);
   AffineArrays<A> t(L.C);
   for (int64_t c = 0; c < L.C; ++c) {
     const double invstd = invstd_from_var(double(var[c]), a.eps);
@@ -505,13 +519,13 @@ void forward_eval_impl(const EvalForwardArgs& a) {
   const bool serial = is_serial(L, sizeof(T)), stream = stream_output(L, sizeof(T));
   if (L.channels_last) {
     elementwise(serial, L.per_channel(), L.C, [&](int64_t r0, int64_t r1) {
-      kern.nsc_affine(x, y, {L.C, r0, r1, 0, L.C, stream}, t.centers(), t.scale.data(),
+      kern.nsc_affine(x, y, {L.C, r0, r1, 0, L.C, stream}, t.centers(), t.scale,
                       t.shifts());
     });
   } else {
     elementwise(serial, L.N * L.C, L.S, [&](int64_t k0, int64_t k1) {
-      kern.ncs_affine_rows(x, y, {L.C, L.S, k0, k1, stream}, t.center.data(), t.scale.data(),
-                           t.shift.data());
+      kern.ncs_affine_rows(x, y, {L.C, L.S, k0, k1, stream}, t.center, t.scale,
+                           t.shift);
     });
   }
 }
@@ -524,10 +538,10 @@ void backward_impl(const BackwardArgs& a) {
   using K = k_t<T>;
   const Kernels<K>& kern = kernels_for<K>();
   const Layout& L = a.layout;
-  std::vector<at::Tensor> keep;
-  const P* weight = ptr_or_null<P>(a.weight, keep);
-  const A* mean = ptr_or_null<A>(a.mean, keep);
-  const A* invstd = ptr_or_null<A>(a.invstd, keep);
+  Params params;
+  const P* weight = params.ptr<P>(a.weight);
+  const A* mean = params.ptr<A>(a.mean);
+  const A* invstd = params.ptr<A>(a.invstd);
   const K* x = kptr<T>(a.input);
   const K* dy = kptr<T>(a.grad_output);
   K* dx = a.grad_input.defined() ? kptr_mut<T>(a.grad_input) : nullptr;
@@ -566,7 +580,7 @@ void backward_impl(const BackwardArgs& a) {
       if (!dx) return;
       elementwise(serial, R, L.C, [&](int64_t r0, int64_t r1) {
         kern.nsc_bwd_dx(x, dy, dx, {L.C, r0, r1, 0, L.C, stream}, k.centers(), dy_scale.data(),
-                        k.scale.data(), k.shifts());
+                        k.scale, k.shifts());
       });
       return;
     }
@@ -595,7 +609,7 @@ void backward_impl(const BackwardArgs& a) {
         [&](int64_t b0, int64_t b1) {
           for (int64_t b = b1 - 1; dx && b >= b0; --b)  // last reduced first (see the top)
             kern.nsc_bwd_dx(x, dy, dx, {L.C, b * rows, std::min(R, (b + 1) * rows), 0, L.C, stream},
-                            k.centers(), dy_scale.data(), k.scale.data(), k.shifts());
+                            k.centers(), dy_scale.data(), k.scale, k.shifts());
         });
     return;
   }
@@ -609,7 +623,7 @@ void backward_impl(const BackwardArgs& a) {
   };
   auto dx_rows = [&](int64_t k0, int64_t k1) {
     kern.ncs_bwd_dx_rows(x, dy, dx, {L.C, L.S, k0, k1, stream}, mean, dy_scale.data(),
-                         k.scale.data(), k.shift.data());
+                         k.scale, k.shift);
   };
   if (!want_sums) {
     for (int64_t c = 0; c < L.C; ++c) set_coefs(c, finish(c, 0, 0));
@@ -626,7 +640,7 @@ void backward_impl(const BackwardArgs& a) {
       paired_channel_blocks(serial, L, 2 * esize, [&](int64_t r0, int64_t r1, int64_t w0, int64_t w1) {
         double s0[kMaxBlockChannels], s1[kMaxBlockChannels];
         kern.ncs_block_bwd(x, dy, dx, {L.C, L.S, L.N, r0, r1, w0, w1, stream}, mean,
-                           dy_scale.data(), k.scale.data(), k.shift.data(), s0, s1);
+                           dy_scale.data(), k.scale, k.shift, s0, s1);
         for (int64_t c = r0; c < r1; ++c) set_coefs(c, finish(c, s0[c - r0], s1[c - r0]));
       });
       return;

@@ -49,7 +49,9 @@ at::Tensor undefined_if_empty_mask(const at::Tensor& grad, bool wanted) {
 }
 
 // Shared by training and eval: the saved tensors are (input, weight, mean, invstd).
-variable_list run_backward(AutogradContext* ctx, const at::Tensor& grad_output, bool training) {
+// Returns one entry per argument of the forward (num_args; the gradients first).
+variable_list run_backward(AutogradContext* ctx, const at::Tensor& grad_output, bool training,
+                           size_t num_args) {
   const auto saved = ctx->get_saved_variables();
   const at::Tensor& input = saved[0];
   const at::Tensor& weight = saved[1];
@@ -65,7 +67,8 @@ variable_list run_backward(AutogradContext* ctx, const at::Tensor& grad_output, 
   const std::array<bool, 3> mask = {
       ctx->needs_input_grad(0), weight.defined() && ctx->needs_input_grad(1),
       ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(bias_edge)};
-  if (!grad_output.defined()) return {};
+  variable_list grads(num_args);  // sized once: a small call feels every allocation
+  if (!grad_output.defined()) return grads;
   // Under create_graph (grad mode on) this dispatches through autograd to BackwardFunction
   // below, which makes a second differentiation fail loudly instead of silently; otherwise it
   // goes straight to the device kernel (about 1 µs less per call).
@@ -73,8 +76,10 @@ variable_list run_backward(AutogradContext* ctx, const at::Tensor& grad_output, 
   if (!at::GradMode::is_enabled()) below_autograd.emplace();
   auto [dx, dw, db] = backward_op().call(grad_output, input, optional_of(weight), mean, invstd,
                                          training, mask);
-  return {undefined_if_empty_mask(dx, mask[0]), undefined_if_empty_mask(dw, mask[1]),
-          undefined_if_empty_mask(db, mask[2])};
+  grads[0] = undefined_if_empty_mask(dx, mask[0]);
+  grads[1] = undefined_if_empty_mask(dw, mask[1]);
+  grads[2] = undefined_if_empty_mask(db, mask[2]);
+  return grads;
 }
 
 struct TrainFunction : public torch::autograd::Function<TrainFunction> {
@@ -100,9 +105,7 @@ struct TrainFunction : public torch::autograd::Function<TrainFunction> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    auto g = run_backward(ctx, grads[0], /*training=*/true);
-    g.resize(8);
-    return g;
+    return run_backward(ctx, grads[0], /*training=*/true, /*num_args=*/8);
   }
 };
 
@@ -120,9 +123,7 @@ struct EvalFunction : public torch::autograd::Function<EvalFunction> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    auto g = run_backward(ctx, grads[0], /*training=*/false);
-    g.resize(6);
-    return g;
+    return run_backward(ctx, grads[0], /*training=*/false, /*num_args=*/6);
   }
 };
 
