@@ -48,6 +48,26 @@ at::Tensor undefined_if_empty_mask(const at::Tensor& grad, bool wanted) {
   return wanted ? grad : at::Tensor();
 }
 
+// Whether a call records a node: grad mode on and a differentiable argument that requires
+// grad. Otherwise the forward goes straight below autograd, without Function::apply's
+// bookkeeping (a few µs, most of a kilobyte-sized eval call).
+bool needs_graph(const at::Tensor& input, const OptTensor& weight, const OptTensor& bias) {
+  if (!at::GradMode::is_enabled()) return false;
+  auto wants_grad = [](const OptTensor& t) {
+    return t.has_value() && t->defined() && t->requires_grad();
+  };
+  return input.requires_grad() || wants_grad(weight) || wants_grad(bias);
+}
+
+// The training op mutates these in place (its schema says so): their version counters are
+// bumped, as the ADInplaceOrView kernel that the dispatch below autograd skips would, so that
+// autograd notices if one of them was saved for a backward. (torch.nn bumps
+// num_batches_tracked's through its add_.)
+void bump_versions(std::initializer_list<const OptTensor*> mutated) {
+  for (const OptTensor* t : mutated)
+    if (t->has_value() && (*t)->defined()) torch::autograd::impl::bump_version(**t);
+}
+
 // Shared by training and eval: the saved tensors are (input, weight, mean, invstd).
 // Returns one entry per argument of the forward (num_args; the gradients first).
 variable_list run_backward(AutogradContext* ctx, const at::Tensor& grad_output, bool training,
@@ -91,11 +111,7 @@ struct TrainFunction : public torch::autograd::Function<TrainFunction> {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [y, mean, invstd] = train_op().call(input, weight, bias, running_mean, running_var,
                                              num_batches_tracked, momentum, eps);
-    // The op mutated these in place (its schema says so): bump their version counters, as
-    // the ADInplaceOrView kernel the guard skips would, so that autograd notices if one of
-    // them was saved for a backward. (torch.nn bumps num_batches_tracked's through its add_.)
-    for (const OptTensor* t : {&running_mean, &running_var, &num_batches_tracked})
-      if (t->has_value() && (*t)->defined()) torch::autograd::impl::bump_version(**t);
+    bump_versions({&running_mean, &running_var, &num_batches_tracked});
     ctx->save_for_backward({input, weight.value_or(at::Tensor()), mean, invstd});
     ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
     ctx->mark_non_differentiable({mean, invstd});
@@ -152,6 +168,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> train_autograd(
   // wrong device gets fastbn's message rather than "could not run ... with the 'X' backend".
   check_forward_args(input, weight, bias, running_mean, running_var, num_batches_tracked,
                      /*training=*/true, /*cumulative=*/!momentum.has_value());
+  if (!needs_graph(input, weight, bias)) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto out = train_op().call(input, weight, bias, running_mean, running_var,
+                               num_batches_tracked, momentum, eps);
+    bump_versions({&running_mean, &running_var, &num_batches_tracked});
+    return out;
+  }
   auto out = TrainFunction::apply(input, weight, bias, running_mean, running_var,
                                   num_batches_tracked, momentum, eps);
   return {out[0], out[1], out[2]};
@@ -162,6 +185,10 @@ at::Tensor eval_autograd(const at::Tensor& input, const OptTensor& weight, const
                          double eps) {
   check_forward_args(input, weight, bias, running_mean, running_var, std::nullopt,
                      /*training=*/false, /*cumulative=*/false);
+  if (!needs_graph(input, weight, bias)) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return eval_op().call(input, weight, bias, running_mean, running_var, eps);
+  }
   return EvalFunction::apply(input, weight, bias, running_mean, running_var, eps)[0];
 }
 
