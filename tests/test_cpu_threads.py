@@ -20,9 +20,10 @@ SHAPES = [
     (32, 96, 7, 7),     # short runs, whole channels per thread
     (700, 3, 7, 7),     # short runs, several pieces per channel
     (4, 5, 56, 56),     # long runs, pieces spread over the threads
-    (40, 3, 28, 28),    # one piece per channel, C odd: pieces spread over 2 threads, paired
-                        # channel blocks (sample by sample) on 1
-    (8, 64, 28, 28),    # long runs, whole channels per thread
+    (40, 3, 28, 28),    # one piece per channel, C odd: pieces spread over 2 threads, channel
+                        # blocks on 1
+    (8, 64, 28, 28),    # long runs, one piece per channel: paired channel blocks (sample by
+                        # sample) on 2 threads, channel blocks on 1
 ]
 # Outputs of 21 MiB (float32; 10.5 MiB bfloat16, 42 MiB float64): beyond half of a 32 MiB
 # last-level cache they are written with non-temporal stores, and those of 42 MiB (float64

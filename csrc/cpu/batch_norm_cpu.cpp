@@ -249,11 +249,12 @@ void paired_channel_blocks(bool serial, const Layout& L, int64_t bytes_per_elem,
 }
 
 // Whether the whole-channel paths go by paired blocks: every channel one piece, in runs of at
-// least 4 vectors. Measured in random order against channel_blocks: 14×14 forward and
-// backward 3-6% faster, 28×28 the same or faster; on 7×7 maps (runs of 3 vectors and a
-// part, with each channel's Reducer loaded and stored per run) 1-5% slower.
-bool paired_blocks(const Layout& L, int64_t pieces, int vector_width) {
-  return pieces == 1 && L.S >= 4 * vector_width;
+// least 4 vectors, and a call large enough to be threaded. Measured in random order against
+// channel_blocks: 14×14 forward and backward 3-6% faster, 28×28 the same or faster; on 7×7
+// maps (runs of 3 vectors and a part, with each channel's Reducer loaded and stored per run)
+// 1-5% slower; on inputs that stay in L2 between calls (the serial ones), 10-30% slower.
+bool paired_blocks(const Layout& L, int64_t pieces, int vector_width, bool serial) {
+  return !serial && pieces == 1 && L.S >= 4 * vector_width;
 }
 
 // Per-band partial results (NSC): reused across calls so that large scratch arrays cost no
@@ -444,7 +445,7 @@ void forward_train_impl(const TrainForwardArgs& a) {
   };
   if (whole_channels_per_thread(L, esize, serial)) {
     AffineArrays<A> t(L.C);
-    if (paired_blocks(L, pieces, kern.width)) {
+    if (paired_blocks(L, pieces, kern.width, serial)) {
       paired_channel_blocks(serial, L, esize, [&](int64_t r0, int64_t r1, int64_t w0, int64_t w1) {
         double mean[kMaxBlockChannels], m2[kMaxBlockChannels];
         kern.ncs_block_moments(x, y, {L.C, L.S, L.N, r0, r1, w0, w1, stream}, t.center,
@@ -636,7 +637,7 @@ void backward_impl(const BackwardArgs& a) {
     return s;
   };
   if (whole_channels_per_thread(L, 2 * esize, serial)) {
-    if (paired_blocks(L, pieces, kern.width)) {
+    if (paired_blocks(L, pieces, kern.width, serial)) {
       paired_channel_blocks(serial, L, 2 * esize, [&](int64_t r0, int64_t r1, int64_t w0, int64_t w1) {
         double s0[kMaxBlockChannels], s1[kMaxBlockChannels];
         kern.ncs_block_bwd(x, dy, dx, {L.C, L.S, L.N, r0, r1, w0, w1, stream}, mean,
