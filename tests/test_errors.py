@@ -299,3 +299,23 @@ def test_functional_eval_requires_running_stats(fb):
         torch.nn.functional.batch_norm(x, None, None, training=False)
     with pytest.raises(RAISES, match="running_mean"):
         fb.functional.batch_norm(x, None, None, training=False)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("grad", [True, False], ids=["grad", "no_grad"])
+def test_forward_mode_ad_is_refused(fb, training, grad):
+    """fastbn has no forward-mode derivative (jvp): a dual input raises, with or without grad
+    mode, before the running statistics move, instead of coming back without its tangent."""
+    import warnings
+
+    with warnings.catch_warnings():  # its import scripts a function: torch.jit's FutureWarning
+        warnings.simplefilter("ignore", FutureWarning)
+        import torch.autograd.forward_ad as fwAD
+
+    m = _module(fb, 2).train(training)
+    before = _state(m)
+    x = torch.randn(4, 3, 5, 5)
+    with fwAD.dual_level(), torch.set_grad_enabled(grad):
+        with pytest.raises(RuntimeError, match="forward-mode AD"):
+            m(fwAD.make_dual(x, torch.randn_like(x)))
+    _assert_unchanged(m, before)

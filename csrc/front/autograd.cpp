@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/functions/utils.h>
 #include <torch/library.h>
 
 #include <optional>
@@ -48,9 +49,19 @@ at::Tensor undefined_if_empty_mask(const at::Tensor& grad, bool wanted) {
   return wanted ? grad : at::Tensor();
 }
 
-// Whether a call records a node: grad mode on and a differentiable argument that requires
-// grad. Otherwise the forward goes straight below autograd, without Function::apply's
-// bookkeeping (a few µs, most of a kilobyte-sized eval call).
+// fastbn has no forward-mode derivative (jvp). Refused before the op runs: Function::apply
+// would raise only after the forward (with the running statistics already updated), and the
+// shortcut below autograd (needs_graph) would drop the tangent silently.
+void check_no_forward_ad(const at::Tensor& input, const OptTensor& weight, const OptTensor& bias) {
+  using torch::autograd::isFwGradDefined;
+  TORCH_CHECK(!isFwGradDefined(input) && !isFwGradDefined(weight) && !isFwGradDefined(bias),
+              "fastbn: forward-mode AD (dual tensors, jvp) is not supported; use "
+              "torch.nn.BatchNorm for it");
+}
+
+// Whether a call goes through Function::apply: grad mode on and a differentiable argument
+// that requires grad. Otherwise the forward goes straight below autograd, without
+// Function::apply's bookkeeping (a few µs, most of a kilobyte-sized eval call).
 bool needs_graph(const at::Tensor& input, const OptTensor& weight, const OptTensor& bias) {
   if (!at::GradMode::is_enabled()) return false;
   auto wants_grad = [](const OptTensor& t) {
@@ -168,6 +179,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> train_autograd(
   // wrong device gets fastbn's message rather than "could not run ... with the 'X' backend".
   check_forward_args(input, weight, bias, running_mean, running_var, num_batches_tracked,
                      /*training=*/true, /*cumulative=*/!momentum.has_value());
+  check_no_forward_ad(input, weight, bias);
   if (!needs_graph(input, weight, bias)) {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto out = train_op().call(input, weight, bias, running_mean, running_var,
@@ -185,6 +197,7 @@ at::Tensor eval_autograd(const at::Tensor& input, const OptTensor& weight, const
                          double eps) {
   check_forward_args(input, weight, bias, running_mean, running_var, std::nullopt,
                      /*training=*/false, /*cumulative=*/false);
+  check_no_forward_ad(input, weight, bias);
   if (!needs_graph(input, weight, bias)) {
     at::AutoDispatchBelowADInplaceOrView guard;
     return eval_op().call(input, weight, bias, running_mean, running_var, eps);
