@@ -72,15 +72,15 @@ struct Kernels {
   void (*ncs_bwd_dx_rows)(const T* x, const T* dy, T* dx, const NcsRows& r, const A* mean,
                           const A* k0, const A* k1, const A* k2);
   // For runs of at least `width` elements (S ≥ width), sample by sample: the moments of the
-  // channels [r0, r1) (as ncs_moments, bit for bit; written
-  // to mean[c − r0], m2[c − r0]) and y = (x − center[c])·scale[c] + shift[c] for the channels
-  // [w0, w1). The reads of the one block and the writes of the other interleave, and the
-  // reduction reads each sample's runs in address order.
+  // channels [r0, r1) (as ncs_moments, bit for bit; written to mean[c − r0], m2[c − r0]) and
+  // y = (x − center[c])·scale[c] + shift[c] for the channels [w0, w1). The reads of the one
+  // block and the writes of the other interleave, and the reduction reads each sample's runs
+  // in address order.
   void (*ncs_block_moments)(const T* x, T* y, const NcsBlocks& b, const A* center,
                             const A* scale, const A* shift, double* mean, double* m2);
   // For S ≥ width, sample by sample: s0[c − r0] = Σdy, s1[c − r0] = Σdy·(x − mean[c]) over the
-  // channels [r0, r1) (as ncs_bwd_sums, bit for bit), and dx = dy·k0[c] + (x − mean[c])·k1[c] + k2[c]
-  // over the channels [w0, w1) (none if dx is null).
+  // channels [r0, r1) (as ncs_bwd_sums, bit for bit), and
+  // dx = dy·k0[c] + (x − mean[c])·k1[c] + k2[c] over the channels [w0, w1) (none if dx is null).
   void (*ncs_block_bwd)(const T* x, const T* dy, T* dx, const NcsBlocks& b, const A* mean,
                         const A* k0, const A* k1, const A* k2, double* s0, double* s1);
   // Per channel c in [c0, c1): mean and M2 of the block's rows (one pass shifted by the mean of

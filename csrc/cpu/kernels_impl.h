@@ -580,11 +580,11 @@ void ncs_bwd_dx_rows(const T* x, const T* dy, T* dx, const NcsRows& r, const A* 
 // ---------------------------------------------------------------- NCS channel blocks
 // One block of channels reduced sample by sample, each channel through its own Reducer that
 // gets the channel's runs in the same order as piece_totals does (so the totals are the same
-// bit for bit), and between two samples the output of the previous block. Runs of at least a
-// vector only: shorter ones go through scalar code that GCC may contract into FMAs
-// differently here and in piece_totals. Against reducing
+// bit for bit), and between two samples the output of the previous block. Against reducing
 // channel by channel and then writing: the reads go in address order, and the writes of one
-// block share the memory system with the reads of the next instead of following them.
+// block share the memory system with the reads of the next instead of following them. Runs
+// of at least a vector only: shorter ones go through scalar code that GCC may contract into
+// FMAs differently here and in piece_totals.
 template <typename A, int K, typename Make, typename Write>
 FI void block_totals(const NcsBlocks& b, const Make& make, const Write& write, double* out) {
   using R = Reducer<A, K>;
