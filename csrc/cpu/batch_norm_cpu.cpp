@@ -385,6 +385,11 @@ void forward_train_impl(const TrainForwardArgs& a) {
     update_running_stats<double>(run_mean, run_var, c, m.mean, var, m.count, factor);
     return channel_affine<A>(A(m.mean), A(invstd), weight, bias, c);
   };
+  // finish, then the channel's transform into the arrays the elementwise kernels read.
+  auto finish_into = [&](AffineArrays<A>& t, int64_t c, const Moments<double>& m) {
+    const ChannelAffine<A> tc = finish(c, m);  // sets save_invstd[c]
+    t.set(c, tc, double(save_invstd[c]));
+  };
 
   if (L.channels_last) {
     // No blocking of the channel columns: it multiplies the phases and turns rows into
@@ -413,8 +418,7 @@ void forward_train_impl(const TrainForwardArgs& a) {
         n = tot;
       }
       for (int64_t c = m0; c < m1; ++c) {
-        const ChannelAffine<A> tc = finish(c, {double(R), mmean[c], mm2[c]});  // sets save_invstd[c]
-        t.set(c, tc, double(save_invstd[c]));
+        finish_into(t, c, {double(R), mmean[c], mm2[c]});
       }
     };
     reduce_merge_apply(
@@ -450,10 +454,7 @@ void forward_train_impl(const TrainForwardArgs& a) {
         double mean[kMaxBlockChannels], m2[kMaxBlockChannels];
         kern.ncs_block_moments(x, y, {L.C, L.S, L.N, r0, r1, w0, w1, stream}, t.center,
                                t.scale, t.shift, mean, m2);
-        for (int64_t c = r0; c < r1; ++c) {
-          const ChannelAffine<A> tc = finish(c, {double(M), mean[c - r0], m2[c - r0]});
-          t.set(c, tc, double(save_invstd[c]));
-        }
+        for (int64_t c = r0; c < r1; ++c) finish_into(t, c, {double(M), mean[c - r0], m2[c - r0]});
       });
       return;
     }
@@ -462,8 +463,7 @@ void forward_train_impl(const TrainForwardArgs& a) {
         [&](int64_t c) {
           Moments<double> m{0, 0, 0};
           for (int64_t p = 0; p < pieces; ++p) m = chan_merge(m, moments(c, p));
-          const ChannelAffine<A> tc = finish(c, m);  // sets save_invstd[c]
-          t.set(c, tc, double(save_invstd[c]));
+          finish_into(t, c, m);
         },
         [&](int64_t n, int64_t c0, int64_t c1) {
           kern.ncs_affine_rows(x, y, {L.C, L.S, n * L.C + c0, n * L.C + c1, stream},
@@ -638,12 +638,13 @@ void backward_impl(const BackwardArgs& a) {
   };
   if (whole_channels_per_thread(L, 2 * esize, serial)) {
     if (paired_blocks(L, pieces, kern.width, serial)) {
-      paired_channel_blocks(serial, L, 2 * esize, [&](int64_t r0, int64_t r1, int64_t w0, int64_t w1) {
+      auto step = [&](int64_t r0, int64_t r1, int64_t w0, int64_t w1) {
         double s0[kMaxBlockChannels], s1[kMaxBlockChannels];
         kern.ncs_block_bwd(x, dy, dx, {L.C, L.S, L.N, r0, r1, w0, w1, stream}, mean,
                            dy_scale.data(), k.scale, k.shift, s0, s1);
         for (int64_t c = r0; c < r1; ++c) set_coefs(c, finish(c, s0[c - r0], s1[c - r0]));
-      });
+      };
+      paired_channel_blocks(serial, L, 2 * esize, step);
       return;
     }
     // Reductions then dx, while the block of channels is still in cache.
