@@ -7,7 +7,8 @@ same way: outputs, statistics and
 gradients are equal bit for bit with 1 and 2 threads. The shapes are large enough to be
 split over threads (more than 192 KiB) and cover short runs (7×7 maps) in one piece and in
 several, long runs, channel counts that do and do not divide among the threads,
-channels_last with its folded and its centred transform, and outputs large enough to be
+channels_last with its folded and its centred transform and with few bands (made an even
+number of equal ones), and outputs large enough to be
 streamed past the cache. Each result is also checked against torch.nn in float64.
 """
 import pytest
@@ -33,6 +34,8 @@ LARGE = (16, 64, 72, 72)
 # + 1000 its centred one (see tests/test_cpu_forms.py).
 CASES = [(s, "nchw", 5.0) for s in SHAPES + [LARGE]] + [
     ((8, 64, 28, 28), "channels_last", 5.0), ((64, 3, 7, 7), "channels_last", 5.0),
+    # 588 rows of 512 channels: 3 bands of at most 256 rows become 4 equal ones (nsc_bands)
+    ((12, 512, 7, 7), "channels_last", 5.0),
     (LARGE, "channels_last", 5.0), ((32, 64, 72, 72), "channels_last", 5.0),
     ((8, 64, 28, 28), "channels_last", 1000.0), ((32, 64, 72, 72), "channels_last", 1000.0)]
 
