@@ -16,9 +16,9 @@
 // - NSC (channels_last): bands of rows (their size depends on C, the dtype and, when there are
 //   few, the row count: see nsc_bands); per band and channel the moments (vector lanes =
 //   channels, one pass shifted by the mean of the band's first rows, see nsc_moments); band
-//   moments merged per channel in band order behind a barrier; each thread then normalizes its own bands, last
-//   read first, so that the second read of X finds the most recently reduced bands still in
-//   L2/L3.
+//   moments merged per channel in band order behind a barrier; each thread then normalizes
+//   its own bands, last read first, so that the second read of X finds the most recently
+//   reduced bands still in L2/L3.
 // Outputs larger than the cache can hold are written with non-temporal stores (stream_output).
 // The decomposition into pieces and bands never depends on the thread count or the path, so
 // results are identical run to run, for any number of threads.
