@@ -681,13 +681,15 @@ FI int64_t for_col_chunks(int64_t c0, int64_t c1, const F& f) {
 }
 
 // Rows per block of the NSC column sums: a block sums in fresh registers, then adds into the
-// band's totals. Summed over a whole band (up to 256 rows) in one float accumulator, the sums
+// group's totals. Summed over a whole group (up to 256 rows) in one float accumulator, the sums
 // drift (d = x − K has a nonzero mean, so the partial sums grow with the rows and every
 // addition rounds at their size): the channels_last statistics, and through them the output
 // and dX, were up to 16 float ulps (of the largest value) off the float64 reference, where
 // torch is within 1–4. Blocks of 16 rows, with the shift of shift_rows_mean, bring every
 // tested shape within about 1; the blocks cost no measurable time.
 constexpr int64_t kFoldRows = 16;
+// Rows per group: float totals of its blocks, then added into the band's totals in double.
+constexpr int64_t kGroupRows = 256;
 // Rows whose mean shifts a block's column sums (see shift_rows_mean).
 constexpr int64_t kShiftRows = 8;
 
@@ -707,20 +709,40 @@ FI void column_dev_sums(const T* x, int64_t C, int64_t o, int64_t r0, int64_t r1
   }
 }
 
+// o[0, lanes of v) += v, in double.
+FI void add_wide(double* o, vd v) { vstore(o, vload(o) + v); }
+FI void add_wide(double* o, vf v) {
+  vhf h0, h1;
+  std::memcpy(&h0, &v, VB / 2);
+  std::memcpy(&h1, reinterpret_cast<const char*>(&v) + VB / 2, VB / 2);
+  vstore(o, vload(o) + __builtin_convertvector(h0, vd));
+  vstore(o + VB / 8, vload(o + VB / 8) + __builtin_convertvector(h1, vd));
+}
+
 // sums(ra, rb, s1, s2) adds column sums of U vectors over rows [ra, rb) into s1, s2. Run over
-// [r0, r1) in blocks of kFoldRows rows, each block's sums (fresh registers) then added into
-// o1, o2 (U·W lanes, in memory).
+// [r0, r1) in blocks of kFoldRows rows, each block's sums (fresh registers) added into group
+// totals (U·W lanes, in memory) of at most kGroupRows rows, and those into o1, o2 in double:
+// however many rows a band has, no float sum runs over more than kGroupRows of them. (Double
+// totals per block instead made the band reductions of cache-resident shapes 8-13% slower.)
 template <int U, typename A, typename F>
-FI void folded_column_sums(int64_t r0, int64_t r1, A* o1, A* o2, const F& sums) {
+FI void folded_column_sums(int64_t r0, int64_t r1, double* o1, double* o2, const F& sums) {
   using V = typename VecOf<A>::V;
   constexpr int W = VecOf<A>::W;
-  for (int64_t r = r0; r < r1; r += kFoldRows) {
-    V s1[U], s2[U];
-    for (int u = 0; u < U; ++u) s1[u] = s2[u] = V{};
-    sums(r, imin(r + kFoldRows, r1), s1, s2);
+  for (int64_t g = r0; g < r1; g += kGroupRows) {
+    const int64_t g1 = imin(g + kGroupRows, r1);
+    alignas(64) A t1[U * W] = {}, t2[U * W] = {};
+    for (int64_t r = g; r < g1; r += kFoldRows) {
+      V s1[U], s2[U];
+      for (int u = 0; u < U; ++u) s1[u] = s2[u] = V{};
+      sums(r, imin(r + kFoldRows, g1), s1, s2);
+      for (int u = 0; u < U; ++u) {
+        vstore(t1 + u * W, vload(t1 + u * W) + s1[u]);
+        vstore(t2 + u * W, vload(t2 + u * W) + s2[u]);
+      }
+    }
     for (int u = 0; u < U; ++u) {
-      vstore(o1 + u * W, vload(o1 + u * W) + s1[u]);
-      vstore(o2 + u * W, vload(o2 + u * W) + s2[u]);
+      add_wide(o1 + u * W, vload(t1 + u * W));
+      add_wide(o2 + u * W, vload(t2 + u * W));
     }
   }
 }
@@ -768,9 +790,9 @@ void nsc_moments(const T* x, const NscBlock& b, double* mean, double* m2) {
   };
   auto chunk = [&]<int U>(int64_t o) {
     V k[U];
-    alignas(64) A s1[U * W] = {}, s2[U * W] = {};
+    alignas(64) double s1[U * W] = {}, s2[U * W] = {};
     shift_rows_mean<U>(x, b, o, k);
-    folded_column_sums<U>(b.r0, b.r1, s1, s2, [&](int64_t ra, int64_t rb, V* t1, V* t2) FI_LAMBDA {
+    folded_column_sums<U, A>(b.r0, b.r1, s1, s2, [&](int64_t ra, int64_t rb, V* t1, V* t2) FI_LAMBDA {
       column_dev_sums<U>(x, b.C, o, ra, rb, k, t1, t2);
     });
     for (int u = 0; u < U; ++u) {
@@ -893,9 +915,9 @@ void nsc_bwd_sums(const T* x, const T* dy, const NscBlock& b, const A* mean, dou
   // L1 arrays every row's additions would chain through store-to-load forwarding).
   auto chunk = [&]<int U>(int64_t o) {
     V m[U];
-    alignas(64) A a0[U * W] = {}, a1[U * W] = {};
+    alignas(64) double a0[U * W] = {}, a1[U * W] = {};
     for (int u = 0; u < U; ++u) m[u] = vload(mean + o + u * W);
-    folded_column_sums<U>(b.r0, b.r1, a0, a1, [&](int64_t ra, int64_t rb, V* t0, V* t1) FI_LAMBDA {
+    folded_column_sums<U, A>(b.r0, b.r1, a0, a1, [&](int64_t ra, int64_t rb, V* t0, V* t1) FI_LAMBDA {
       for (int64_t r = ra; r < rb; ++r) {
         const T *xr = x + r * b.C + o, *gr = dy + r * b.C + o;
         for (int u = 0; u < U; ++u) {
