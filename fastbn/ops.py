@@ -5,8 +5,19 @@ running anything; they follow the same layout rule as the C++ front (csrc/front/
 """
 import torch
 from torch._prims_common import suggest_memory_format
+from torch.overrides import has_torch_function
+
+from . import _C
 
 _ops = torch.ops.fastbn
+
+
+def _direct(tensors):
+    """Whether a call may skip torch.ops for fastbn._C's entry points (csrc/front/
+    python_entry.cpp), which run the same operator through the same dispatcher without
+    boxing its arguments: in eager mode, with no __torch_function__ override or mode that
+    torch.ops would hand the call to. (torch.compile traces torch.ops.)"""
+    return not torch.compiler.is_compiling() and not has_torch_function(tensors)
 
 
 def _canonical(input):
@@ -24,13 +35,22 @@ def batch_norm_train(input, weight, bias, running_mean, running_var, num_batches
                      momentum, eps):
     """Training forward: (y, save_mean, save_invstd); updates the running stats and
     increments num_batches_tracked in place. momentum=None is the cumulative average."""
-    return _ops.batch_norm_train.default(input, weight, bias, running_mean, running_var,
-                                         num_batches_tracked, momentum, eps)
+    args = (input, weight, bias, running_mean, running_var, num_batches_tracked)
+    if _direct(args):
+        out = _C._batch_norm_train(*args, momentum, eps)
+        if out is not NotImplemented:
+            return out
+    return _ops.batch_norm_train.default(*args, momentum, eps)
 
 
 def batch_norm_eval(input, weight, bias, running_mean, running_var, eps):
     """Eval forward with running statistics: one pass, per-channel scale and shift."""
-    return _ops.batch_norm_eval.default(input, weight, bias, running_mean, running_var, eps)
+    args = (input, weight, bias, running_mean, running_var)
+    if _direct(args):
+        out = _C._batch_norm_eval(*args, eps)
+        if out is not NotImplemented:
+            return out
+    return _ops.batch_norm_eval.default(*args, eps)
 
 
 def batch_norm_backward(grad_output, input, weight, mean, invstd, training, output_mask):

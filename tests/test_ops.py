@@ -1,6 +1,6 @@
 """The fastbn:: custom operators: torch.library.opcheck, direct results vs the
 reference (saved statistics, in-place running-stat updates, output_mask),
-double backward raising, and fastbn.backend."""
+double backward raising, fastbn.backend, and the eager entry points that skip torch.ops."""
 
 import numpy as np
 import pytest
@@ -235,3 +235,59 @@ def test_modules_and_functional_run_fastbn_ops(fb, gen, dtype, pdtype, memory_fo
         assert op in called, (op, sorted(k for k in called if "batch" in k or "fastbn" in k))
     torch_bn = {k for k in called if k.startswith("aten::") and "batch_norm" in k}
     assert not torch_bn, torch_bn
+
+
+# ------------------------------------------------------------------ eager entry points
+def test_eager_forward_skips_torch_ops_with_the_same_results(fb, gen, monkeypatch):
+    """In eager mode the forward ops go to fastbn._C's entry points (python_entry.cpp) rather
+    than through torch.ops, with the same outputs, running-stat updates and gradients."""
+    x, w, b, rm, rv = _args(gen, torch.float32)
+    ops = torch.ops.fastbn
+    want_rm, want_rv = rm.clone(), rv.clone()
+    want = ops.batch_norm_train.default(x, w, b, want_rm, want_rv, None, 0.1, 1e-5)
+    want_grads = torch.autograd.grad(want[0].sum(), (x, w, b))
+    want_eval = ops.batch_norm_eval.default(x, w, b, rm, rv, 1e-5)
+
+    monkeypatch.setattr(fb.ops, "_ops", None)  # a call through torch.ops would now fail
+    got_rm, got_rv = rm.clone(), rv.clone()
+    got = fb.ops.batch_norm_train(x, w, b, got_rm, got_rv, None, 0.1, 1e-5)
+    got_grads = torch.autograd.grad(got[0].sum(), (x, w, b))
+    got_eval = fb.ops.batch_norm_eval(x, w, b, rm, rv, 1e-5)
+    for a, e in zip([*got, got_rm, got_rv, *got_grads, got_eval],
+                    [*want, want_rm, want_rv, *want_grads, want_eval]):
+        assert torch.equal(a, e)
+
+
+def test_torch_function_modes_see_the_ops(fb, gen):
+    """Under a TorchFunctionMode the calls go through torch.ops, so that the mode sees them
+    (and could handle them), as it sees torch's own operators."""
+    from torch.overrides import TorchFunctionMode
+
+    class Record(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.funcs = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.funcs.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    m = fb.BatchNorm2d(4)
+    x = torch.randn(3, 4, 5, 2, generator=gen)
+    with Record() as record:
+        m(x)
+        m.eval()(x)
+    assert "fastbn.batch_norm_train.default" in record.funcs, record.funcs
+    assert "fastbn.batch_norm_eval.default" in record.funcs, record.funcs
+
+
+def test_unexpected_argument_types_are_reported_by_torch_ops(fb, gen):
+    """An argument of a type the entry points do not take makes them return NotImplemented,
+    and torch.ops reports it as for any operator."""
+    x, w, b, rm, rv = _args(gen, torch.float32)
+    assert fb._C._batch_norm_eval(x, w, b, rm, rv, "1e-5") is NotImplemented
+    assert fb._C._batch_norm_train(x, [1.0] * 4, b, rm, rv, None, 0.1, 1e-5) is NotImplemented
+    with pytest.raises(RuntimeError, match="argument 'eps'"):
+        fb.ops.batch_norm_eval(x, w, b, rm, rv, "1e-5")
+    with pytest.raises(RuntimeError, match="argument 'weight'"):
+        fb.ops.batch_norm_train(x, [1.0] * 4, b, rm, rv, None, 0.1, 1e-5)

@@ -2,7 +2,6 @@
 // statistics in place (torch.library.register_autograd only takes functional ops) — the same
 // model as aten::_native_batch_norm_legit. Backward goes through fastbn::batch_norm_backward.
 #include <ATen/ATen.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/library.h>
@@ -10,38 +9,13 @@
 #include <optional>
 
 #include "front/checks.h"
+#include "front/op_handles.h"
 
 namespace fastbn {
 namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-const auto& train_op() {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("fastbn::batch_norm_train", "")
-                       .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-                           const at::Tensor&, const OptTensor&, const OptTensor&, const OptTensor&,
-                           const OptTensor&, const OptTensor&, std::optional<double>, double)>();
-  return op;
-}
-
-const auto& eval_op() {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("fastbn::batch_norm_eval", "")
-                       .typed<at::Tensor(const at::Tensor&, const OptTensor&, const OptTensor&,
-                                         const at::Tensor&, const at::Tensor&, double)>();
-  return op;
-}
-
-const auto& backward_op() {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("fastbn::batch_norm_backward", "")
-                       .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-                           const at::Tensor&, const at::Tensor&, const OptTensor&,
-                           const at::Tensor&, const at::Tensor&, bool, std::array<bool, 3>)>();
-  return op;
-}
 
 OptTensor optional_of(const at::Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
 

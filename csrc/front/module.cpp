@@ -1,5 +1,6 @@
 // The Python extension module fastbn._C. Importing it runs the TORCH_LIBRARY registrations;
-// the functions below only select the CPU backend (fastbn.backend in Python).
+// the functions below select the CPU backend (fastbn.backend in Python), report on the build,
+// and call the operators from Python in eager mode (python_entry.cpp).
 #include <Python.h>
 
 #include <c10/util/Exception.h>
@@ -7,6 +8,7 @@
 #include "cpu/batch_norm_cpu.h"
 #include "front/backend.h"
 #include "front/kernel_glue.h"
+#include "front/python_entry.h"
 #ifdef FASTBN_WITH_SIMT
 #include "simt/bn_simt_backend.h"
 #endif
@@ -115,6 +117,10 @@ PyMethodDef methods[] = {
     {"_cpu_backends", cpu_backends, METH_NOARGS, "Names of the CPU backends in this build."},
     {"_cpu_kernel_isa", cpu_kernel_isa, METH_NOARGS, "Instruction set of the CPU kernels."},
     {"_take_launch_log", take_launch_log, METH_NOARGS, "Kernel paths of recent calls."},
+    {"_batch_norm_train", fastbn::py_batch_norm_train, METH_VARARGS,
+     "fastbn::batch_norm_train past torch.ops (eager mode; see fastbn/ops.py)."},
+    {"_batch_norm_eval", fastbn::py_batch_norm_eval, METH_VARARGS,
+     "fastbn::batch_norm_eval past torch.ops (eager mode; see fastbn/ops.py)."},
 #ifdef FASTBN_WITH_SIMT
     {"_simt_set_schedule", simt_set_schedule, METH_VARARGS, "(threads, blocks, seed) orders."},
     {"_simt_set_device", simt_set_device, METH_VARARGS, "(sm_count, blocks_per_sm, smem)."},

@@ -1,0 +1,14 @@
+// fastbn._C's eager entry points into the operators (see python_entry.cpp).
+#pragma once
+
+#include <Python.h>
+
+namespace fastbn {
+
+// _batch_norm_train(input, weight, bias, running_mean, running_var, num_batches_tracked,
+// momentum, eps) -> (output, save_mean, save_invstd)
+PyObject* py_batch_norm_train(PyObject* self, PyObject* args);
+// _batch_norm_eval(input, weight, bias, running_mean, running_var, eps) -> output
+PyObject* py_batch_norm_eval(PyObject* self, PyObject* args);
+
+}  // namespace fastbn
