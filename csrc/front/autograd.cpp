@@ -6,7 +6,9 @@
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/library.h>
 
+#include <mutex>
 #include <optional>
+#include <string>
 
 #include "front/checks.h"
 #include "front/op_handles.h"
@@ -144,6 +146,32 @@ struct BackwardFunction : public torch::autograd::Function<BackwardFunction> {
                 "supported; use torch.nn.BatchNorm for second-order derivatives");
   }
 };
+
+}  // namespace
+}  // namespace fastbn
+
+// CppNode<F>::apply as torch 2.14 defines it (custom_function.h), but with the node's name
+// computed once per process: torch's passes name() to CppNode_apply_functional on every call
+// (for its error messages), and Node::name() demangles the type's name each time: about 4k
+// instructions, a tenth of what a kilobyte-sized backward executes in the autograd engine.
+// Explicit specializations, so they must precede the first Function<F>::apply below; on a
+// torch upgrade, compare with its CppNode<T>::apply.
+#define FASTBN_CPP_NODE_APPLY(F)                                                              \
+  template <>                                                                                 \
+  torch::autograd::variable_list torch::autograd::CppNode<F>::apply(                          \
+      torch::autograd::variable_list&& inputs) {                                              \
+    std::lock_guard<std::mutex> lock(mutex_);                                                 \
+    static const std::string node_name = name();                                              \
+    return CppNode_apply_functional<F>(std::move(inputs), ctx_, is_variable_input_,           \
+                                       output_info_, node_name);                              \
+  }
+FASTBN_CPP_NODE_APPLY(fastbn::TrainFunction)
+FASTBN_CPP_NODE_APPLY(fastbn::EvalFunction)
+FASTBN_CPP_NODE_APPLY(fastbn::BackwardFunction)
+#undef FASTBN_CPP_NODE_APPLY
+
+namespace fastbn {
+namespace {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> train_autograd(
     const at::Tensor& input, const OptTensor& weight, const OptTensor& bias,
