@@ -53,7 +53,7 @@ constexpr int64_t kPiece = int64_t(1) << 15;
 // conversions, divisions) and a merge step: with 256 KiB bands (32 rows at C = 2048) the 7×7
 // forward took about 1.4× as long, so bands are as large as an L2 holds, and narrow rows
 // (C ≤ 256) take more of them: 1024 rows against 256 made those forwards 5-7% faster (the
-// sums stay accurate: see folded_column_sums in kernels_impl.h). The backward's bands
+// sums stay accurate: see panel_column_sums in kernels_impl.h). The backward's bands
 // stay at 256 rows: at 1024, the 28×28 backward was 8% slower.
 constexpr int64_t kBandBytes = 1024 * 1024;
 constexpr int64_t kMaxBandRows = 1024;
@@ -186,7 +186,8 @@ struct Bands {
 };
 template <typename T>
 Bands nsc_bands(const Layout& L, int64_t max_rows) {
-  const int64_t R = L.per_channel(), most = band_rows<T>(L, max_rows), count = (R + most - 1) / most;
+  const int64_t R = L.per_channel(), most = band_rows<T>(L, max_rows);
+  const int64_t count = (R + most - 1) / most;
   if (count >= kEvenBands) return {most, count};
   const int64_t even = std::min(R, count + (count & 1)), rows = (R + even - 1) / even;
   return {rows, (R + rows - 1) / rows};
