@@ -12,12 +12,18 @@ from . import _C
 _ops = torch.ops.fastbn
 
 
-def _direct(tensors):
-    """Whether a call may skip torch.ops for fastbn._C's entry points (csrc/front/
-    python_entry.cpp), which run the same operator through the same dispatcher without
-    boxing its arguments: in eager mode, with no __torch_function__ override or mode that
-    torch.ops would hand the call to. (torch.compile traces torch.ops.)"""
-    return not torch.compiler.is_compiling() and not has_torch_function(tensors)
+def _call(entry, name, tensors, *scalars):
+    """torch.ops.fastbn.<name>(*tensors, *scalars), through fastbn._C's entry point when
+    torch.ops adds nothing: the entry points (csrc/front/python_entry.cpp) run the same
+    operator through the same dispatcher without boxing its arguments. torch.ops is kept under
+    torch.compile (which traces it), for __torch_function__ overrides and modes (which it
+    hands the call to), and for arguments of types the entry point does not take (it returns
+    NotImplemented)."""
+    if not torch.compiler.is_compiling() and not has_torch_function(tensors):
+        out = entry(*tensors, *scalars)
+        if out is not NotImplemented:
+            return out
+    return getattr(_ops, name).default(*tensors, *scalars)
 
 
 def _canonical(input):
@@ -35,22 +41,15 @@ def batch_norm_train(input, weight, bias, running_mean, running_var, num_batches
                      momentum, eps):
     """Training forward: (y, save_mean, save_invstd); updates the running stats and
     increments num_batches_tracked in place. momentum=None is the cumulative average."""
-    args = (input, weight, bias, running_mean, running_var, num_batches_tracked)
-    if _direct(args):
-        out = _C._batch_norm_train(*args, momentum, eps)
-        if out is not NotImplemented:
-            return out
-    return _ops.batch_norm_train.default(*args, momentum, eps)
+    return _call(_C._batch_norm_train, "batch_norm_train",
+                 (input, weight, bias, running_mean, running_var, num_batches_tracked),
+                 momentum, eps)
 
 
 def batch_norm_eval(input, weight, bias, running_mean, running_var, eps):
     """Eval forward with running statistics: one pass, per-channel scale and shift."""
-    args = (input, weight, bias, running_mean, running_var)
-    if _direct(args):
-        out = _C._batch_norm_eval(*args, eps)
-        if out is not NotImplemented:
-            return out
-    return _ops.batch_norm_eval.default(*args, eps)
+    return _call(_C._batch_norm_eval, "batch_norm_eval",
+                 (input, weight, bias, running_mean, running_var), eps)
 
 
 def batch_norm_backward(grad_output, input, weight, mean, invstd, training, output_mask):

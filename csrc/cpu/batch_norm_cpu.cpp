@@ -171,11 +171,6 @@ bool whole_channels_per_thread(const Layout& L, int64_t /*bytes_per_elem*/, bool
   return L.C % threads == 0 || L.C >= 8 * threads;
 }
 
-template <typename T>
-int64_t band_rows(const Layout& L, int64_t max_rows) {
-  return std::clamp<int64_t>(kBandBytes / (L.C * int64_t(sizeof(T))), 1, max_rows);
-}
-
 // The NSC bands of a call: `count` bands of `rows` rows (the last one shorter). Below
 // kEvenBands bands, an even number of equal bands: a short last band or an odd count would
 // leave one of two threads with up to twice the rows of the other (channels_last 7×7 in half
@@ -186,7 +181,8 @@ struct Bands {
 };
 template <typename T>
 Bands nsc_bands(const Layout& L, int64_t max_rows) {
-  const int64_t R = L.per_channel(), most = band_rows<T>(L, max_rows);
+  const int64_t R = L.per_channel();
+  const int64_t most = std::clamp<int64_t>(kBandBytes / (L.C * int64_t(sizeof(T))), 1, max_rows);
   const int64_t count = (R + most - 1) / most;
   if (count >= kEvenBands) return {most, count};
   const int64_t even = std::min(R, count + (count & 1)), rows = (R + even - 1) / even;

@@ -230,6 +230,15 @@ constexpr int64_t kFoldVecs = 64;  // vectors per float block (16 per accumulato
 // folds in as its two halves widened to double (two conversions and two additions, not a
 // scalar conversion per lane).
 typedef float vhf __attribute__((vector_size(VB / 2)));
+// The lanes of a float vector as two double vectors (low half, high half).
+FI void widen_halves(vf v, vd& lo, vd& hi) {
+  vhf h0, h1;
+  std::memcpy(&h0, &v, VB / 2);
+  std::memcpy(&h1, reinterpret_cast<const char*>(&v) + VB / 2, VB / 2);
+  lo = __builtin_convertvector(h0, vd);
+  hi = __builtin_convertvector(h1, vd);
+}
+
 template <typename A>
 struct DSum {
   vd lo, hi;  // zeroed by reset(): as default member initializers, GCC zeroed a Reducer's
@@ -242,11 +251,10 @@ struct DSum {
     if constexpr (sizeof(A) == 8) {
       lo += v;
     } else {
-      vhf h0, h1;
-      std::memcpy(&h0, &v, VB / 2);
-      std::memcpy(&h1, reinterpret_cast<const char*>(&v) + VB / 2, VB / 2);
-      lo += __builtin_convertvector(h0, vd);
-      hi += __builtin_convertvector(h1, vd);
+      vd v0, v1;
+      widen_halves(v, v0, v1);
+      lo += v0;
+      hi += v1;
     }
   }
   FI double total() const {
@@ -713,11 +721,10 @@ FI void column_dev_sums(const T* x, int64_t C, int64_t o, int64_t r0, int64_t r1
 // o[0, lanes of v) += v, in double.
 FI void add_wide(double* o, vd v) { vstore(o, vload(o) + v); }
 FI void add_wide(double* o, vf v) {
-  vhf h0, h1;
-  std::memcpy(&h0, &v, VB / 2);
-  std::memcpy(&h1, reinterpret_cast<const char*>(&v) + VB / 2, VB / 2);
-  vstore(o, vload(o) + __builtin_convertvector(h0, vd));
-  vstore(o + VB / 8, vload(o + VB / 8) + __builtin_convertvector(h1, vd));
+  vd v0, v1;
+  widen_halves(v, v0, v1);
+  vstore(o, vload(o) + v0);
+  vstore(o + VB / 8, vload(o + VB / 8) + v1);
 }
 
 // Channels per panel of the column sums (panel_column_sums): its float group totals, shifts
