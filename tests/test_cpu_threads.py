@@ -9,7 +9,7 @@ split over threads (more than 192 KiB) and cover short runs (7×7 maps) in one p
 several, long runs, channel counts that do and do not divide among the threads,
 channels_last with its folded and its centred transform and with few bands (made an even
 number of equal ones), and outputs large enough to be
-streamed past the cache. Each result is also checked against torch.nn in float64.
+streamed past the cache, with runs that start on a cache line and runs that do not. Each result is also checked against torch.nn in float64.
 """
 import pytest
 import torch
@@ -65,10 +65,26 @@ def run(x, dy, threads):
         torch.set_num_threads(before)
 
 
+# Streamed outputs (32 MiB and more) whose runs start and end mid-line (14×14 and 7×7 maps):
+# only the lines no plain store touches stream (map_run in csrc/cpu/kernels_impl.h).
+STREAMED_MID_LINE = [((43, 1024, 14, 14), torch.float32), ((168, 1024, 7, 7), torch.float32),
+                     ((86, 1024, 14, 14), torch.bfloat16)]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("shape,layout,offset", CASES,
                          ids=["x".join(map(str, s)) + f"-{lay}-{off:g}" for s, lay, off in CASES])
 def test_results_equal_for_one_and_two_threads(shape, layout, offset, dtype):
+    check(shape, layout, offset, dtype)
+
+
+@pytest.mark.parametrize("shape,dtype", STREAMED_MID_LINE,
+                         ids=["x".join(map(str, s)) + f"-{d}" for s, d in STREAMED_MID_LINE])
+def test_streamed_runs_that_start_mid_line(shape, dtype):
+    check(shape, "nchw", 5.0, dtype)
+
+
+def check(shape, layout, offset, dtype):
     gen = torch.Generator().manual_seed(0)
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     x = (torch.randn(shape, generator=gen) * 3 + offset).to(dtype=dtype, memory_format=fmt)

@@ -497,15 +497,34 @@ FI void map_run(T* out, int64_t n, bool alias, bool stream, const VF& vec, const
   // split every access across two cache lines: one unaligned vector, then aligned ones from
   // the next boundary (the inputs share the output's offset when the tensors are 64-byte
   // aligned); the elements in between are computed twice, with the same result.
+  bool head = false;
   if (!alias && n >= 2 * W) {
     const int64_t mis = int64_t(reinterpret_cast<uintptr_t>(out) % kOutBytes) / int64_t(sizeof(T));
     if (mis != 0) {
       vstore(out, vec(0));
       i = W - mis;
+      head = true;
     }
   }
-  for (; i + W <= n; i += W) vout(out + i, vec(i), stream);
-  if (i < n && n >= W && !alias) {
+  const int64_t body_end = i + (n - i) / W * W;  // end of the whole vectors from i
+  const bool last_vector = body_end < n && n >= W && !alias;
+  // Streamed vectors only on lines that no plain store touches: neither this run's head, last
+  // vector or scalars nor, on a line the run shares at either end, the next or previous run's.
+  // A plain store to a line with a pending non-temporal store (or the reverse) costs a round
+  // trip to memory: 7×7 and 14×14 maps, whose runs start mid-line, were 6-25× slower streamed.
+  int64_t nt0 = 0, nt1 = 0;  // elements [nt0, nt1) may stream
+  if (stream) {
+    const uintptr_t base = reinterpret_cast<uintptr_t>(out);
+    const int64_t plain_tail = body_end == n ? n : last_vector ? n - W : body_end;
+    const uintptr_t lo = (base + (head ? kOutBytes : 0) + 63) & ~uintptr_t(63);
+    const uintptr_t hi = (base + plain_tail * sizeof(T)) & ~uintptr_t(63);
+    if (hi > lo) {
+      nt0 = int64_t(lo - base) / int64_t(sizeof(T));
+      nt1 = int64_t(hi - base) / int64_t(sizeof(T));
+    }
+  }
+  for (; i + W <= n; i += W) vout(out + i, vec(i), i >= nt0 && i + W <= nt1);
+  if (last_vector) {
     vstore(out + n - W, vec(n - W));
     return;
   }
@@ -886,6 +905,14 @@ void nsc_affine_narrow(const T* x, T* y, const NscBlock& b, const A* center, con
   end_stream(b.stream);
 }
 
+// Whether block b is whole rows of whole vectors (one flat stream in for_nsc_vectors).
+template <int W> FI bool nsc_flat(const NscBlock& b) {
+  return b.c0 == 0 && b.c1 == b.C && b.C % W == 0;
+}
+// Outputs of a block stream only when it runs flat (see map_run: rows with a partial last
+// vector would mix streamed and plain stores on the lines their scalars share).
+template <int W> FI bool nsc_stream(const NscBlock& b) { return b.stream && nsc_flat<W>(b); }
+
 // vec(i, c) for the whole vectors of block b (i: offset of the vector's first element, c: its
 // channel) and scal(i, c) for the elements of each row's last partial vector. Whole rows of
 // whole vectors run as one flat stream, the channel offset wrapping at C: rows of a few
@@ -893,7 +920,7 @@ void nsc_affine_narrow(const T* x, T* y, const NscBlock& b, const A* center, con
 template <int W, typename VF, typename SF>
 FI void for_nsc_vectors(const NscBlock& b, const VF& vec, const SF& scal) {
   const int64_t C = b.C, c0 = b.c0, c1 = b.c1, cv = c0 + (c1 - c0) / W * W;
-  if (c0 == 0 && c1 == C && cv == C) {
+  if (nsc_flat<W>(b)) {
     int64_t c = 0;
     for (int64_t i = b.r0 * C, e = b.r1 * C; i < e; i += W) {
       vec(i, c);
@@ -919,7 +946,7 @@ void nsc_affine(const T* x, T* y, const NscBlock& b, const A* center, const A* s
   }
   // Captures by value: with -fno-strict-aliasing, pointers read through references would be
   // reloaded after every store.
-  with_forms(center != nullptr, b.stream, [=]<bool Centered, bool Stream>() {
+  with_forms(center != nullptr, nsc_stream<W>(b), [=]<bool Centered, bool Stream>() {
     for_nsc_vectors<W>(
         b,
         [=](int64_t i, int64_t c) FI_LAMBDA {
@@ -977,7 +1004,7 @@ template <typename T, typename A>
 void nsc_bwd_dx(const T* x, const T* dy, T* dx, const NscBlock& b, const A* mean, const A* k0,
                 const A* k1, const A* k2) {
   constexpr int W = VecOf<A>::W;
-  with_forms(mean != nullptr, b.stream, [=]<bool Centered, bool Stream>() {
+  with_forms(mean != nullptr, nsc_stream<W>(b), [=]<bool Centered, bool Stream>() {
     for_nsc_vectors<W>(
         b,
         [=](int64_t i, int64_t c) FI_LAMBDA {
