@@ -64,6 +64,19 @@ constexpr int64_t kEvenBands = 8;  // see nsc_bands
 // random order on one machine: NCHW 14×14 forward and backward 5-6% faster, 7×7 and 28×28
 // 1-4%, larger channels (a block of one) the same.
 constexpr int64_t kBlockBytes = 32 * 1024;
+// Runs shorter than kShortRunBytes (of all the inputs read, per sample and channel; e.g. 7×7
+// maps, bfloat16 14×14) take blocks of at least kMinVisitBytes per sample: a sample's visit of
+// one short run per page gave the prefetchers nothing to follow, and at N = 128 the 7×7
+// forward took 5× a copy_. Against 32 KiB blocks, float32 7×7: N = 64 forward and backward
+// 25-30% faster, N = 128 (sample by sample, below) 60% / 50%; bfloat16 14×14 at N = 64 12%.
+// (Longer runs keep kBlockBytes: float32 14×14 at N = 64 was 13% slower with 3-channel blocks.)
+constexpr int64_t kShortRunBytes = 512;
+constexpr int64_t kMinVisitBytes = 2048;
+// From this many samples the whole-channel paths read a block sample by sample even when its
+// runs are short (paired_blocks): channel by channel, each of a channel's N runs is on a
+// different page. 7×7 backward 12-13% faster at N = 32 (20-40% from N = 64); the same or 1-3%
+// slower at N = 16.
+constexpr int64_t kPairedMinSamples = 32;
 // Below this many bytes of input a call runs on the calling thread.
 constexpr int64_t kSerialBytes = 192 * 1024;
 // Largest output written through the cache (see stream_output).
@@ -226,8 +239,17 @@ bool is_serial(const Layout& L, int64_t bytes_per_elem) {
   return L.numel() * bytes_per_elem < kSerialBytes || at::get_num_threads() == 1 || at::in_parallel_region();
 }
 
+// Channels per block of the whole-channel paths: about kBlockBytes of input (bytes_per_elem:
+// of all the inputs read per element), or kMinVisitBytes per sample when runs are short.
+int64_t block_channels(const Layout& L, int64_t bytes_per_elem, int64_t max_channels) {
+  const int64_t run = L.S * bytes_per_elem;
+  int64_t block = kBlockBytes / (L.per_channel() * bytes_per_elem);
+  if (run < kShortRunBytes) block = std::max(block, (kMinVisitBytes + run - 1) / run);
+  return std::clamp<int64_t>(block, 1, max_channels);
+}
+
 // The whole-channel paths: each thread takes a contiguous range of channels and goes through
-// it by blocks of about kBlockBytes (bytes_per_elem: of all the inputs read per element):
+// it by blocks (block_channels):
 // reduce(c) for each channel of a block (which is then in L1, or L2 for a large channel), then
 // write(n, cb, ce) for each sample n (the block's output): the runs of a block are contiguous
 // within a sample, whereas one channel's runs lie C·S apart (often a multiple of 4 KiB, so
@@ -235,8 +257,7 @@ bool is_serial(const Layout& L, int64_t bytes_per_elem) {
 template <typename Reduce, typename Write>
 void channel_blocks(bool serial, const Layout& L, int64_t bytes_per_elem, const Reduce& reduce,
                     const Write& write) {
-  const int64_t block =
-      std::clamp<int64_t>(kBlockBytes / (L.per_channel() * bytes_per_elem), 1, L.C);
+  const int64_t block = block_channels(L, bytes_per_elem, L.C);
   par(serial, 0, L.C, [&](int64_t c0, int64_t c1) {
     for (int64_t cb = c0; cb < c1; cb += block) {
       const int64_t ce = std::min(c1, cb + block);
@@ -247,13 +268,11 @@ void channel_blocks(bool serial, const Layout& L, int64_t bytes_per_elem, const 
 }
 
 // The whole-channel paths when every channel is one piece: each thread takes a contiguous range
-// of channels and goes through it by blocks of about kBlockBytes (at most kMaxBlockChannels
-// channels); step(r0, r1, w0, w1) reduces the block [r0, r1) while it writes the block before
+// of channels and goes through it by blocks (block_channels, at most kMaxBlockChannels); step(r0, r1, w0, w1) reduces the block [r0, r1) while it writes the block before
 // it, [w0, w1), and then finishes the reduced channels, which the next step writes.
 template <typename Step>
 void paired_channel_blocks(bool serial, const Layout& L, int64_t bytes_per_elem, const Step& step) {
-  const int64_t block = std::clamp<int64_t>(kBlockBytes / (L.per_channel() * bytes_per_elem), 1,
-                                            kMaxBlockChannels);
+  const int64_t block = block_channels(L, bytes_per_elem, kMaxBlockChannels);
   par(serial, 0, L.C, [&](int64_t c0, int64_t c1) {
     int64_t w0 = c0, w1 = c0;
     for (int64_t r0 = c0; r0 < c1; r0 += block) {
@@ -267,12 +286,14 @@ void paired_channel_blocks(bool serial, const Layout& L, int64_t bytes_per_elem,
 }
 
 // Whether the whole-channel paths go by paired blocks: every channel one piece, in runs of at
-// least 4 vectors, and a call large enough to be threaded. Measured in random order against
-// channel_blocks: 14×14 forward and backward 3-6% faster, 28×28 the same or faster; on 7×7
-// maps (runs of 3 vectors and a part, with each channel's Reducer loaded and stored per run)
-// 1-5% slower; on inputs that stay in L2 between calls (the serial ones), 10-30% slower.
+// least 4 vectors (or of one, from kPairedMinSamples samples), and a call large enough to be
+// threaded. Measured in random order against channel_blocks: 14×14 forward and backward 3-6%
+// faster, 28×28 the same or faster; on 7×7 maps at N = 16 (runs of 3 vectors and a part, with
+// each channel's Reducer loaded and stored per run) 1-5% slower; on inputs that stay in L2
+// between calls (the serial ones), 10-30% slower.
 bool paired_blocks(const Layout& L, int64_t pieces, int vector_width, bool serial) {
-  return !serial && pieces == 1 && L.S >= 4 * vector_width;
+  const bool runs = L.S >= 4 * vector_width || (L.S >= vector_width && L.N >= kPairedMinSamples);
+  return !serial && pieces == 1 && runs;
 }
 
 // Per-band partial results (NSC): reused across calls so that large scratch arrays cost no
