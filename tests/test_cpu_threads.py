@@ -18,7 +18,8 @@ import fastbn
 
 SHAPES = [
     (64, 3, 7, 7),      # short runs, C odd: pieces spread over 2 threads, channel blocks on 1
-    (32, 96, 7, 7),     # short runs, whole channels per thread: from 32 samples, paired blocks
+    (32, 96, 7, 7),     # short runs, whole channels per thread: 32 samples, so paired blocks on
+                        # 2 threads, channel blocks on 1
     (700, 3, 7, 7),     # short runs, several pieces per channel
     (4, 5, 56, 56),     # long runs, pieces spread over the threads
     (40, 3, 28, 28),    # one piece per channel, C odd: pieces spread over 2 threads, channel
