@@ -64,14 +64,21 @@ constexpr int64_t kEvenBands = 8;  // see nsc_bands
 // random order on one machine: NCHW 14×14 forward and backward 5-6% faster, 7×7 and 28×28
 // 1-4%, larger channels (a block of one) the same.
 constexpr int64_t kBlockBytes = 32 * 1024;
-// Runs shorter than kShortRunBytes (of all the inputs read, per sample and channel; e.g. 7×7
-// maps, bfloat16 14×14) take blocks of at least kMinVisitBytes per sample: a sample's visit of
-// one short run per page gave the prefetchers nothing to follow, and at N = 128 the 7×7
-// forward took 5× a copy_. Against 32 KiB blocks, float32 7×7: N = 64 forward and backward
-// 25-30% faster, N = 128 (sample by sample, below) 60% / 50%; bfloat16 14×14 at N = 64 12%.
-// (Longer runs keep kBlockBytes: float32 14×14 at N = 64 was 13% slower with 3-channel blocks.)
-constexpr int64_t kShortRunBytes = 512;
-constexpr int64_t kMinVisitBytes = 2048;
+// Larger blocks where a sample's runs are short (block_channels): each sample's visit to a
+// block (its runs of the block's channels, contiguous in memory) spans at least a minimum, as
+// visits of a run or two per page gave the prefetchers nothing to follow (at N = 128 the
+// float32 7×7 forward took 5× a copy_, at N = 64 the bfloat16 28×28 one 3×). Going through
+// a block channel by channel (channel_blocks, threaded calls), runs under 4 KiB get visits of
+// 8 KiB: bfloat16 28×28 at N = 64 forward 36% and backward 19% faster, float32 13% / 2%.
+// Sample by sample (paired blocks), runs under 512 B get 2 KiB: float32 7×7 forward and
+// backward at N = 64 25-30% faster, at N = 128 60% / 50%, bfloat16 14×14 at N = 64 12%; longer
+// runs keep kBlockBytes (float32 14×14 at N = 64 was 13-20% slower with blocks of 3 to 5
+// channels). The ResNet-50 shapes at N = 16 were the same either way (within 3%).
+struct VisitRule {
+  int64_t short_run, min_visit;  // bytes of all the inputs read
+};
+constexpr VisitRule kChannelOrderVisits{4096, 8192};
+constexpr VisitRule kSampleOrderVisits{512, 2048};
 // From this many samples the whole-channel paths read a block sample by sample even when its
 // runs are short (paired_blocks): channel by channel, each of a channel's N runs is on a
 // different page. 7×7 backward 12-13% faster at N = 32 (20-40% from N = 64); the same or 1-3%
@@ -240,11 +247,12 @@ bool is_serial(const Layout& L, int64_t bytes_per_elem) {
 }
 
 // Channels per block of the whole-channel paths: about kBlockBytes of input (bytes_per_elem:
-// of all the inputs read per element), or kMinVisitBytes per sample when runs are short.
-int64_t block_channels(const Layout& L, int64_t bytes_per_elem, int64_t max_channels) {
+// of all the inputs read per element), or more when runs are short (see VisitRule).
+int64_t block_channels(const Layout& L, int64_t bytes_per_elem, int64_t max_channels,
+                       const VisitRule& visits) {
   const int64_t run = L.S * bytes_per_elem;
   int64_t block = kBlockBytes / (L.per_channel() * bytes_per_elem);
-  if (run < kShortRunBytes) block = std::max(block, (kMinVisitBytes + run - 1) / run);
+  if (run < visits.short_run) block = std::max(block, (visits.min_visit + run - 1) / run);
   return std::clamp<int64_t>(block, 1, max_channels);
 }
 
@@ -257,7 +265,9 @@ int64_t block_channels(const Layout& L, int64_t bytes_per_elem, int64_t max_chan
 template <typename Reduce, typename Write>
 void channel_blocks(bool serial, const Layout& L, int64_t bytes_per_elem, const Reduce& reduce,
                     const Write& write) {
-  const int64_t block = block_channels(L, bytes_per_elem, L.C);
+  // (Serial calls stay in cache: their blocks are sized for L1 only.)
+  const int64_t block =
+      block_channels(L, bytes_per_elem, L.C, serial ? VisitRule{0, 0} : kChannelOrderVisits);
   par(serial, 0, L.C, [&](int64_t c0, int64_t c1) {
     for (int64_t cb = c0; cb < c1; cb += block) {
       const int64_t ce = std::min(c1, cb + block);
@@ -272,7 +282,7 @@ void channel_blocks(bool serial, const Layout& L, int64_t bytes_per_elem, const 
 // it, [w0, w1), and then finishes the reduced channels, which the next step writes.
 template <typename Step>
 void paired_channel_blocks(bool serial, const Layout& L, int64_t bytes_per_elem, const Step& step) {
-  const int64_t block = block_channels(L, bytes_per_elem, kMaxBlockChannels);
+  const int64_t block = block_channels(L, bytes_per_elem, kMaxBlockChannels, kSampleOrderVisits);
   par(serial, 0, L.C, [&](int64_t c0, int64_t c1) {
     int64_t w0 = c0, w1 = c0;
     for (int64_t r0 = c0; r0 < c1; r0 += block) {
