@@ -65,17 +65,18 @@ constexpr int64_t kEvenBands = 8;  // see nsc_bands
 // 1-4%, larger channels (a block of one) the same.
 constexpr int64_t kBlockBytes = 32 * 1024;
 // Larger blocks where a sample's runs are short (block_channels): each sample's visit to a
-// block (its runs of the block's channels, contiguous in memory) spans at least a minimum, as
-// visits of a run or two per page gave the prefetchers nothing to follow (at N = 128 the
-// float32 7×7 forward took 5× a copy_, at N = 64 the bfloat16 28×28 one 3×). Going through
-// a block channel by channel (channel_blocks, threaded calls), runs under 4 KiB get visits of
-// 8 KiB: bfloat16 28×28 at N = 64 forward 36% and backward 19% faster, float32 13% / 2%.
-// Sample by sample (paired blocks), runs under 512 B get 2 KiB: float32 7×7 forward and
-// backward at N = 64 25-30% faster, at N = 128 60% / 50%, bfloat16 14×14 at N = 64 12%; longer
-// runs keep kBlockBytes (float32 14×14 at N = 64 was 13-20% slower with blocks of 3 to 5
-// channels). The ResNet-50 shapes at N = 16 were the same either way (within 3%).
+// block (in each input, its runs of the block's channels, contiguous in memory) spans at least
+// a minimum, as visits of a run or two per page gave the prefetchers nothing to follow (at
+// N = 128 the float32 7×7 forward took 5× a copy_, at N = 64 the bfloat16 28×28 one 3×). Going
+// through a block channel by channel (channel_blocks, threaded calls), runs under 4 KiB get
+// visits of 8 KiB: bfloat16 28×28 at N = 64 forward 36% and backward 19% faster, float32
+// 13% / 2%. Sample by sample (paired blocks), runs under 512 B get 2 KiB: float32 7×7 forward
+// and backward at N = 64 25-30% faster, at N = 128 60% / 50%, bfloat16 14×14 at N = 64 12%
+// (backward 19% more with runs and visits counted per input, not over x and dy together);
+// longer runs keep kBlockBytes (float32 14×14 at N = 64 was 13-20% slower with blocks of 3
+// to 5 channels). The ResNet-50 shapes at N = 16 were the same either way (within 4%).
 struct VisitRule {
-  int64_t short_run, min_visit;  // bytes of all the inputs read
+  int64_t short_run, min_visit;  // bytes of one input
 };
 constexpr VisitRule kChannelOrderVisits{4096, 8192};
 constexpr VisitRule kSampleOrderVisits{512, 2048};
@@ -246,28 +247,28 @@ bool is_serial(const Layout& L, int64_t bytes_per_elem) {
   return L.numel() * bytes_per_elem < kSerialBytes || at::get_num_threads() == 1 || at::in_parallel_region();
 }
 
-// Channels per block of the whole-channel paths: about kBlockBytes of input (bytes_per_elem:
-// of all the inputs read per element), or more when runs are short (see VisitRule).
-int64_t block_channels(const Layout& L, int64_t bytes_per_elem, int64_t max_channels,
+// Channels per block of the whole-channel paths: about kBlockBytes of input (over all the
+// inputs read, each of esize bytes per element), or more when runs are short (see VisitRule).
+int64_t block_channels(const Layout& L, int64_t esize, int64_t inputs, int64_t max_channels,
                        const VisitRule& visits) {
-  const int64_t run = L.S * bytes_per_elem;
-  int64_t block = kBlockBytes / (L.per_channel() * bytes_per_elem);
+  const int64_t run = L.S * esize;
+  int64_t block = kBlockBytes / (L.per_channel() * esize * inputs);
   if (run < visits.short_run) block = std::max(block, (visits.min_visit + run - 1) / run);
   return std::clamp<int64_t>(block, 1, max_channels);
 }
 
 // The whole-channel paths: each thread takes a contiguous range of channels and goes through
-// it by blocks (block_channels):
-// reduce(c) for each channel of a block (which is then in L1, or L2 for a large channel), then
-// write(n, cb, ce) for each sample n (the block's output): the runs of a block are contiguous
-// within a sample, whereas one channel's runs lie C·S apart (often a multiple of 4 KiB, so
-// they share L1 sets, and the stores alias the next run's loads).
+// it by blocks (block_channels): reduce(c) for each channel of a block (which is then in L1,
+// or L2 for a large channel), then write(n, cb, ce) for each sample n (the block's output):
+// the runs of a block are contiguous within a sample, whereas one channel's runs lie C·S apart
+// (often a multiple of 4 KiB, so they share L1 sets, and the stores alias the next run's
+// loads).
 template <typename Reduce, typename Write>
-void channel_blocks(bool serial, const Layout& L, int64_t bytes_per_elem, const Reduce& reduce,
-                    const Write& write) {
+void channel_blocks(bool serial, const Layout& L, int64_t esize, int64_t inputs,
+                    const Reduce& reduce, const Write& write) {
   // (Serial calls stay in cache: their blocks are sized for L1 only.)
   const int64_t block =
-      block_channels(L, bytes_per_elem, L.C, serial ? VisitRule{0, 0} : kChannelOrderVisits);
+      block_channels(L, esize, inputs, L.C, serial ? VisitRule{0, 0} : kChannelOrderVisits);
   par(serial, 0, L.C, [&](int64_t c0, int64_t c1) {
     for (int64_t cb = c0; cb < c1; cb += block) {
       const int64_t ce = std::min(c1, cb + block);
@@ -278,11 +279,13 @@ void channel_blocks(bool serial, const Layout& L, int64_t bytes_per_elem, const 
 }
 
 // The whole-channel paths when every channel is one piece: each thread takes a contiguous range
-// of channels and goes through it by blocks (block_channels, at most kMaxBlockChannels); step(r0, r1, w0, w1) reduces the block [r0, r1) while it writes the block before
-// it, [w0, w1), and then finishes the reduced channels, which the next step writes.
+// of channels and goes through it by blocks (block_channels, at most kMaxBlockChannels);
+// step(r0, r1, w0, w1) reduces the block [r0, r1) while it writes the block before it,
+// [w0, w1), and then finishes the reduced channels, which the next step writes.
 template <typename Step>
-void paired_channel_blocks(bool serial, const Layout& L, int64_t bytes_per_elem, const Step& step) {
-  const int64_t block = block_channels(L, bytes_per_elem, kMaxBlockChannels, kSampleOrderVisits);
+void paired_channel_blocks(bool serial, const Layout& L, int64_t esize, int64_t inputs,
+                           const Step& step) {
+  const int64_t block = block_channels(L, esize, inputs, kMaxBlockChannels, kSampleOrderVisits);
   par(serial, 0, L.C, [&](int64_t c0, int64_t c1) {
     int64_t w0 = c0, w1 = c0;
     for (int64_t r0 = c0; r0 < c1; r0 += block) {
@@ -500,7 +503,7 @@ void forward_train_impl(const TrainForwardArgs& a) {
   if (whole_channels_per_thread(L, esize, serial)) {
     AffineArrays<A> t(L.C);
     if (paired_blocks(L, pieces, kern.width, serial)) {
-      paired_channel_blocks(serial, L, esize, [&](int64_t r0, int64_t r1, int64_t w0, int64_t w1) {
+      paired_channel_blocks(serial, L, esize, 1, [&](int64_t r0, int64_t r1, int64_t w0, int64_t w1) {
         double mean[kMaxBlockChannels], m2[kMaxBlockChannels];
         kern.ncs_block_moments(x, y, {L.C, L.S, L.N, r0, r1, w0, w1, stream}, t.center,
                                t.scale, t.shift, mean, m2);
@@ -509,7 +512,7 @@ void forward_train_impl(const TrainForwardArgs& a) {
       return;
     }
     channel_blocks(
-        serial, L, esize,
+        serial, L, esize, 1,
         [&](int64_t c) {
           Moments<double> m{0, 0, 0};
           for (int64_t p = 0; p < pieces; ++p) m = chan_merge(m, moments(c, p));
@@ -694,12 +697,12 @@ void backward_impl(const BackwardArgs& a) {
                            dy_scale.data(), k.scale, k.shift, s0, s1);
         for (int64_t c = r0; c < r1; ++c) set_coefs(c, finish(c, s0[c - r0], s1[c - r0]));
       };
-      paired_channel_blocks(serial, L, 2 * esize, step);
+      paired_channel_blocks(serial, L, esize, 2, step);
       return;
     }
     // Reductions then dx, while the block of channels is still in cache.
     channel_blocks(
-        serial, L, 2 * esize,
+        serial, L, esize, 2,
         [&](int64_t c) {
           double s0 = 0, s1 = 0;
           for (int64_t p = 0; p < pieces; ++p) {
