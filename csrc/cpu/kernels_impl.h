@@ -506,25 +506,24 @@ FI void map_run(T* out, int64_t n, bool alias, bool stream, const VF& vec, const
       head = true;
     }
   }
-  const int64_t body_end = i + (n - i) / W * W;  // end of the whole vectors from i
-  const bool last_vector = body_end < n && n >= W && !alias;
-  // Streamed vectors only on lines that no plain store touches: neither this run's head, last
-  // vector or scalars nor, on a line the run shares at either end, the next or previous run's.
-  // A plain store to a line with a pending non-temporal store (or the reverse) costs a round
-  // trip to memory: 7×7 and 14×14 maps, whose runs start mid-line, were 6-25× slower streamed.
-  int64_t nt0 = 0, nt1 = 0;  // elements [nt0, nt1) may stream
   if (stream) {
+    // Streamed vectors only on lines that no plain store touches: neither this run's head, last
+    // vector or scalars nor, on a line the run shares at either end, the next or previous
+    // run's. A plain store to a line with a pending non-temporal store (or the reverse) costs
+    // a round trip to memory: 7×7 and 14×14 maps, whose runs start mid-line, were 6-25×
+    // slower streamed.
+    const int64_t body_end = i + (n - i) / W * W;  // end of the whole vectors from i
+    const int64_t plain_tail = body_end == n ? n : (n >= W && !alias) ? n - W : body_end;
     const uintptr_t base = reinterpret_cast<uintptr_t>(out);
-    const int64_t plain_tail = body_end == n ? n : last_vector ? n - W : body_end;
     const uintptr_t lo = (base + (head ? kOutBytes : 0) + 63) & ~uintptr_t(63);
     const uintptr_t hi = (base + plain_tail * sizeof(T)) & ~uintptr_t(63);
-    if (hi > lo) {
-      nt0 = int64_t(lo - base) / int64_t(sizeof(T));
-      nt1 = int64_t(hi - base) / int64_t(sizeof(T));
-    }
+    const int64_t nt0 = int64_t(lo - base) / int64_t(sizeof(T));  // [nt0, nt1) may stream
+    const int64_t nt1 = hi > lo ? int64_t(hi - base) / int64_t(sizeof(T)) : 0;
+    for (; i + W <= n; i += W) vout(out + i, vec(i), i >= nt0 && i + W <= nt1);
+  } else {
+    for (; i + W <= n; i += W) vstore(out + i, vec(i));
   }
-  for (; i + W <= n; i += W) vout(out + i, vec(i), i >= nt0 && i + W <= nt1);
-  if (last_vector) {
+  if (i < n && n >= W && !alias) {
     vstore(out + n - W, vec(n - W));
     return;
   }
