@@ -14,6 +14,7 @@ page, and whether the small allocations of a call split the freed block (so that
 output faults too) varies from run to run.
 """
 import os
+import platform
 import subprocess
 import sys
 
@@ -41,12 +42,15 @@ with torch.no_grad():
 """
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="the steady allocator is glibc's")
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the steady allocator is glibc's")
 @pytest.mark.parametrize("shape", ["43x1024x14x14", "168x1024x7x7"])
 def test_streamed_eval_of_mid_line_runs_is_near_copy_speed(shape):
     env = dict(os.environ, GLIBC_TUNABLES=allocator._with_tunables(os.environ.get("GLIBC_TUNABLES")))
-    proc = subprocess.run([sys.executable, "-c", TIMING, shape], env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    t_bn, t_clone = map(float, proc.stdout.split())
-    assert t_bn < 2 * t_clone, f"eval {t_bn * 1e3:.2f} ms, x.clone() {t_clone * 1e3:.2f} ms"
+    for _ in range(2):  # a second try, so that one disturbed run on a busy machine does not fail
+        proc = subprocess.run([sys.executable, "-c", TIMING, shape], env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        t_bn, t_clone = map(float, proc.stdout.split())
+        if t_bn < 2 * t_clone:
+            return
+    pytest.fail(f"eval {t_bn * 1e3:.2f} ms, x.clone() {t_clone * 1e3:.2f} ms")

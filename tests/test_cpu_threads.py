@@ -26,6 +26,8 @@ SHAPES = [
                         # blocks on 1
     (8, 64, 28, 28),    # long runs, one piece per channel: paired channel blocks (sample by
                         # sample) on 2 threads, channel blocks on 1
+    (256, 64, 3, 3),    # runs of a vector or two (AVX2/SSE float, every double width) or of
+    (128, 64, 4, 4),    # exactly one (AVX-512 float): paired blocks from 32 samples
 ]
 # Outputs of 21 MiB (float32; 10.5 MiB bfloat16, 42 MiB float64): beyond half of a 32 MiB
 # last-level cache they are written with non-temporal stores, and those of 42 MiB (float64

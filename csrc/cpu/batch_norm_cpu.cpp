@@ -8,9 +8,10 @@
 //   threads, each thread owns a run of channels and normalizes (or computes dx for) each
 //   channel right after its statistics, while it is in L2: X is read once from memory.
 //   Channels go by blocks (channel_blocks): statistics channel by channel, then the block's
-//   output sample by sample; when every channel is one piece of runs of at least 4 vectors,
-//   by paired blocks (paired_channel_blocks): a block's statistics sample by sample,
-//   interleaved with the output of the block before. Otherwise (fewer channels than threads,
+//   output sample by sample; when every channel is one piece of runs of at least 4 vectors
+//   (or of one, from kPairedMinSamples samples), by paired blocks (paired_channel_blocks): a
+//   block's statistics sample by sample, interleaved with the output of the block before.
+//   Blocks hold about an L1 of input, more where runs are short (block_channels). Otherwise (fewer channels than threads,
 //   or an uneven split) the pieces of all channels are spread over the threads, merged per
 //   channel behind a barrier, and each thread normalizes the pieces it reduced.
 // - NSC (channels_last): bands of rows (their size depends on C, the dtype and, when there are
@@ -60,10 +61,14 @@ constexpr int64_t kMaxBandRows = 1024;
 constexpr int64_t kMaxBwdBandRows = 256;
 constexpr int64_t kEvenBands = 8;  // see nsc_bands
 // Bytes of input per block of channels normalized sample by sample (see channel_blocks): as
-// much as L1 holds, so that the second read finds it there. Against 256 KiB (L2) blocks, in
-// random order on one machine: NCHW 14×14 forward and backward 5-6% faster, 7×7 and 28×28
-// 1-4%, larger channels (a block of one) the same.
+// much as L1 holds, so that the second read finds it there (unless runs are short, below).
+// Against 256 KiB (L2) blocks, in random order on one machine: NCHW 14×14 forward and
+// backward 5-6% faster, 7×7 and 28×28 1-4%, larger channels (a block of one) the same.
 constexpr int64_t kBlockBytes = 32 * 1024;
+// At most this many bytes of input per block however short its runs: a block must stay in L2
+// between its statistics and its output (the largest measured, float32 28×28 backward at
+// N = 64, holds 1.2 MiB; larger batches would exceed an L2 without the cap).
+constexpr int64_t kMaxBlockBytes = 2 * 1024 * 1024;
 // Larger blocks where a sample's runs are short (block_channels): each sample's visit to a
 // block (in each input, its runs of the block's channels, contiguous in memory) spans at least
 // a minimum, as visits of a run or two per page gave the prefetchers nothing to follow (at
@@ -253,7 +258,10 @@ int64_t block_channels(const Layout& L, int64_t esize, int64_t inputs, int64_t m
                        const VisitRule& visits) {
   const int64_t run = L.S * esize;
   int64_t block = kBlockBytes / (L.per_channel() * esize * inputs);
-  if (run < visits.short_run) block = std::max(block, (visits.min_visit + run - 1) / run);
+  if (run < visits.short_run) {
+    const int64_t fit = kMaxBlockBytes / (L.per_channel() * esize * inputs);
+    block = std::max(block, std::min((visits.min_visit + run - 1) / run, fit));
+  }
   return std::clamp<int64_t>(block, 1, max_channels);
 }
 
