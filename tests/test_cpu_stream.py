@@ -45,7 +45,8 @@ with torch.no_grad():
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the steady allocator is glibc's")
 @pytest.mark.parametrize("shape", ["43x1024x14x14", "168x1024x7x7"])
 def test_streamed_eval_of_mid_line_runs_is_near_copy_speed(shape):
-    env = dict(os.environ, GLIBC_TUNABLES=allocator._with_tunables(os.environ.get("GLIBC_TUNABLES")))
+    tunables = allocator._with_tunables(os.environ.get("GLIBC_TUNABLES"))
+    env = dict(os.environ, GLIBC_TUNABLES=tunables)
     for _ in range(2):  # a second try, so that one disturbed run on a busy machine does not fail
         proc = subprocess.run([sys.executable, "-c", TIMING, shape], env=env, capture_output=True,
                               text=True, timeout=300)

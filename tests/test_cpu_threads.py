@@ -8,8 +8,9 @@ gradients are equal bit for bit with 1 and 2 threads. The shapes are large enoug
 split over threads (more than 192 KiB) and cover short runs (7×7 maps) in one piece and in
 several, long runs, channel counts that do and do not divide among the threads,
 channels_last with its folded and its centred transform and with few bands (made an even
-number of equal ones), and outputs large enough to be
-streamed past the cache, with runs that start on a cache line and runs that do not. Each result is also checked against torch.nn in float64.
+number of equal ones), and outputs large enough to be streamed past the cache, with runs that
+start on a cache line and runs that do not. Each result is also checked against torch.nn in
+float64.
 """
 import pytest
 import torch

@@ -11,9 +11,10 @@
 //   output sample by sample; when every channel is one piece of runs of at least 4 vectors
 //   (or of one, from kPairedMinSamples samples), by paired blocks (paired_channel_blocks): a
 //   block's statistics sample by sample, interleaved with the output of the block before.
-//   Blocks hold about an L1 of input, more where runs are short (block_channels). Otherwise (fewer channels than threads,
-//   or an uneven split) the pieces of all channels are spread over the threads, merged per
-//   channel behind a barrier, and each thread normalizes the pieces it reduced.
+//   Blocks hold about an L1 of input, more where runs are short (block_channels). Otherwise
+//   (fewer channels than threads, or an uneven split) the pieces of all channels are spread
+//   over the threads, merged per channel behind a barrier, and each thread normalizes the
+//   pieces it reduced.
 // - NSC (channels_last): bands of rows (their size depends on C, the dtype and, when there are
 //   few, the row count: see nsc_bands); per band and channel the moments (vector lanes =
 //   channels, one pass shifted by the mean of the band's first rows, see nsc_moments); band
@@ -256,12 +257,10 @@ bool is_serial(const Layout& L, int64_t bytes_per_elem) {
 // inputs read, each of esize bytes per element), or more when runs are short (see VisitRule).
 int64_t block_channels(const Layout& L, int64_t esize, int64_t inputs, int64_t max_channels,
                        const VisitRule& visits) {
-  const int64_t run = L.S * esize;
-  int64_t block = kBlockBytes / (L.per_channel() * esize * inputs);
-  if (run < visits.short_run) {
-    const int64_t fit = kMaxBlockBytes / (L.per_channel() * esize * inputs);
-    block = std::max(block, std::min((visits.min_visit + run - 1) / run, fit));
-  }
+  const int64_t run = L.S * esize, channel = L.per_channel() * esize * inputs;
+  int64_t block = kBlockBytes / channel;
+  if (run < visits.short_run)
+    block = std::max(block, std::min((visits.min_visit + run - 1) / run, kMaxBlockBytes / channel));
   return std::clamp<int64_t>(block, 1, max_channels);
 }
 
@@ -511,12 +510,13 @@ void forward_train_impl(const TrainForwardArgs& a) {
   if (whole_channels_per_thread(L, esize, serial)) {
     AffineArrays<A> t(L.C);
     if (paired_blocks(L, pieces, kern.width, serial)) {
-      paired_channel_blocks(serial, L, esize, 1, [&](int64_t r0, int64_t r1, int64_t w0, int64_t w1) {
+      auto step = [&](int64_t r0, int64_t r1, int64_t w0, int64_t w1) {
         double mean[kMaxBlockChannels], m2[kMaxBlockChannels];
         kern.ncs_block_moments(x, y, {L.C, L.S, L.N, r0, r1, w0, w1, stream}, t.center,
                                t.scale, t.shift, mean, m2);
         for (int64_t c = r0; c < r1; ++c) finish_into(t, c, {double(M), mean[c - r0], m2[c - r0]});
-      });
+      };
+      paired_channel_blocks(serial, L, esize, 1, step);
       return;
     }
     channel_blocks(
