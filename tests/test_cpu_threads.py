@@ -41,7 +41,15 @@ CASES = [(s, "nchw", 5.0) for s in SHAPES + [LARGE]] + [
     # 588 rows of 512 channels: 3 bands of at most 256 rows become 4 equal ones (nsc_bands)
     ((12, 512, 7, 7), "channels_last", 5.0),
     (LARGE, "channels_last", 5.0), ((32, 64, 72, 72), "channels_last", 5.0),
-    ((8, 64, 28, 28), "channels_last", 1000.0), ((32, 64, 72, 72), "channels_last", 1000.0)]
+    ((8, 64, 28, 28), "channels_last", 1000.0), ((32, 64, 72, 72), "channels_last", 1000.0)] + [
+    # Channels that do not fill whole vectors, reduced and written by periods of lcm(C, W)
+    # elements (nsc_periodic), with rows left over after the last whole period: C = 3 (16
+    # rows per period with 16 float lanes), 8, 24, 40 and 200 (2 rows). (Their centred
+    # transform: test_channels_last_folded_and_centred_numerics in test_modules.py.)
+    (s, "channels_last", 5.0) for s in [(9, 3, 61, 67), (5, 8, 63, 65), (15, 24, 29, 31),
+                                        (7, 40, 33, 35), (5, 200, 21, 23)]] + [
+    # Whole vectors and a scalar remainder of channels (a period of 257 channels is too long).
+    ((9, 257, 11, 13), "channels_last", 5.0)]
 
 
 def params(channels):
@@ -86,6 +94,13 @@ def test_results_equal_for_one_and_two_threads(shape, layout, offset, dtype):
                          ids=["x".join(map(str, s)) + f"-{d}" for s, d in STREAMED_MID_LINE])
 def test_streamed_runs_that_start_mid_line(shape, dtype):
     check(shape, "nchw", 5.0, dtype)
+
+
+# A streamed channels_last output written by periods (24 channels: 2 rows per period of 48
+# float lanes), whose bands end mid-line and mid-period: only whole lines of whole periods
+# stream (for_periods in csrc/cpu/kernels_impl.h).
+def test_streamed_periods():
+    check((63, 24, 75, 77), "channels_last", 5.0, torch.float32)
 
 
 def check(shape, layout, offset, dtype):

@@ -267,16 +267,18 @@ def test_large_offset_numerics(fb, ref, gen, dim):
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("shape", [(16, 4, 7, 7), (4, 3, 96, 96), (300, 24, 3, 3), (8, 200, 5, 5)])
+@pytest.mark.parametrize("shape", [(16, 4, 7, 7), (4, 3, 96, 96), (300, 24, 3, 3), (8, 200, 5, 5),
+                                   (8, 257, 5, 5)])
 @pytest.mark.parametrize("outlier", [0.03, 5.0])
 def test_first_element_outlier_numerics(fb, ref, gen, shape, layout, outlier):
     """The CPU statistics take one pass shifted by the first element of each piece of a
     channel (NCHW) or by the mean of the first 8 rows of each band (channels_last). A shift
     far out (5.0 is 500 standard deviations of the rest) must send its channels to the exact
     two-pass path instead of cancelling away the variance; one 3 deviations out stays on the
-    one-pass path. (4, 3, 96, 96) has two pieces per channel, (300, 24, 3, 3) several bands,
-    and the 200 channels of (8, 200, 5, 5) span column chunks of every width and a scalar
-    remainder (shifted by its first row)."""
+    one-pass path. (4, 3, 96, 96) has two pieces per channel, (300, 24, 3, 3) several bands;
+    channels_last 4, 3, 24 and 200 channels go by periods of lcm(C, W) elements, and the 257
+    of (8, 257, 5, 5) (a period too long for a panel at every vector width) span column
+    chunks of every width and a scalar remainder (shifted by its first row)."""
     fm, tm = make_pair(fb, 2, shape[1], torch.float32, gen)
     x = make_tensor(shape, torch.float32, layout, gen, scale=1e-2, offset=1000.0)
     with torch.no_grad():
@@ -287,14 +289,16 @@ def test_first_element_outlier_numerics(fb, ref, gen, shape, layout, outlier):
     check_train_step_numerics(ref, fm, tm, x, gen)
 
 
-@pytest.mark.parametrize("shape", [(16, 4, 7, 7), (8, 200, 5, 5), (4, 64, 16, 16)])
+@pytest.mark.parametrize("shape", [(16, 4, 7, 7), (8, 200, 5, 5), (4, 64, 16, 16), (5, 24, 7, 9),
+                                   (3, 3, 11, 13)])
 @pytest.mark.parametrize("scale, offset", [(1.0, 0.0), (1.0, 3.0), (1.0, 1000.0), (1e-2, 1000.0)])
 def test_channels_last_folded_and_centred_numerics(fb, ref, gen, shape, scale, offset):
     """channels_last applies y = x·scale + (shift − center·scale) (dx alike) when every
     channel's centre lies within 4 standard deviations of zero, the centred (x − center)·scale
     + shift otherwise: offsets 0 and 3 take the folded form, 1000 the centred one. Training
     step and eval (running stats = the batch's) as close to the float64 reference as torch.nn.
-    Narrow rows (4 channels), column chunks with a scalar remainder (200), whole vectors (64)."""
+    Channels that do not fill whole vectors go by periods of lcm(C, W) elements (4, 200, 24
+    and 3 channels; 24 and 3 with rows left over after the last period), whole vectors (64)."""
     fm, tm = make_pair(fb, 2, shape[1], torch.float32, gen)
     x = make_tensor(shape, torch.float32, "channels_last", gen, scale=scale, offset=offset)
     check_train_step_numerics(ref, fm, tm, x, gen)
@@ -316,8 +320,8 @@ def test_channels_last_statistics_precision(fb, ref, gen, shape):
     """The channels_last column sums go by blocks of 16 rows. Summed over whole bands (up to
     256 rows) in one float accumulator they drifted: the float32 output and dX were up to 16
     ulps (of their largest value) off the float64 reference, where torch.nn and fastbn's NCHW
-    path are within about 2. One band of 200 rows with a scalar remainder of 8 channels, four
-    bands of 256 rows, a narrow row, and wide rows in bands of 128."""
+    path are within about 2. One band of 200 rows of 200 channels (by periods of 2 rows with
+    16 float lanes), four bands of 256 rows, a narrow row, and wide rows in bands of 128."""
     fm, _ = make_pair(fb, 2, shape[1], torch.float32, gen)
     x = make_tensor(shape, torch.float32, "channels_last", gen)
     dy = make_tensor(shape, torch.float32, "channels_last", gen)

@@ -17,7 +17,8 @@
 //   pieces it reduced.
 // - NSC (channels_last): bands of rows (their size depends on C, the dtype and, when there are
 //   few, the row count: see nsc_bands); per band and channel the moments (vector lanes =
-//   channels, one pass shifted by the mean of the band's first rows, see nsc_moments); band
+//   channels, or when C does not fill whole vectors the lanes of periods of lcm(C, W)
+//   elements; one pass shifted by the mean of the band's first rows, see nsc_moments); band
 //   moments merged per channel in band order behind a barrier; each thread then normalizes
 //   its own bands, last read first, so that the second read of X finds the most recently
 //   reduced bands still in L2/L3.
@@ -61,6 +62,10 @@ constexpr int64_t kBandBytes = 1024 * 1024;
 constexpr int64_t kMaxBandRows = 1024;
 constexpr int64_t kMaxBwdBandRows = 256;
 constexpr int64_t kEvenBands = 8;  // see nsc_bands
+// Whatever the row cap, a band holds at least this many elements: rows of a few channels
+// (C = 3, 8, 24) in bands of 256 rows cost more in per-band work (the period setup and the
+// merge of per-band partials: 784 bands for a 16×3×112×112 backward) than in the sums.
+constexpr int64_t kMinBandElements = 16384;
 // Bytes of input per block of channels normalized sample by sample (see channel_blocks): as
 // much as L1 holds, so that the second read finds it there (unless runs are short, below).
 // Against 256 KiB (L2) blocks, in random order on one machine: NCHW 14×14 forward and
@@ -209,7 +214,8 @@ struct Bands {
 template <typename T>
 Bands nsc_bands(const Layout& L, int64_t max_rows) {
   const int64_t R = L.per_channel();
-  const int64_t most = std::clamp<int64_t>(kBandBytes / (L.C * int64_t(sizeof(T))), 1, max_rows);
+  const int64_t cap = std::max(max_rows, kMinBandElements / L.C);
+  const int64_t most = std::clamp<int64_t>(kBandBytes / (L.C * int64_t(sizeof(T))), 1, cap);
   const int64_t count = (R + most - 1) / most;
   if (count >= kEvenBands) return {most, count};
   const int64_t even = std::min(R, count + (count & 1)), rows = (R + even - 1) / even;

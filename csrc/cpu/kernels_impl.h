@@ -805,6 +805,56 @@ FI void shift_rows_mean(const T* x, const NscBlock& b, int64_t o, V* k) {
   for (int u = 0; u < U; ++u) k[u] *= inv;
 }
 
+// Rows whose channels do not fill whole vectors (C % W ≠ 0: C = 3, 8, 24, 40, 200...), seen as
+// one flat sequence of periods of P = lcm(C, W) elements: P / C rows, P / W whole vectors,
+// lane i of every period holding channel i % C. The column kernels run over "rows" of one
+// period with the per-channel values expanded to its lanes, and a channel's sums are those of
+// its lanes; otherwise each channel past the whole vectors went down its column in scalar
+// (channels_last C = 8 forward took 4× a copy_, as long as torch's; C = 3 backward 13×).
+// Only where a period fits a panel (P ≤ kPanelChannels) and the block holds one.
+template <int W>
+FI int64_t nsc_period(int64_t C) {
+  int64_t g = C, h = W;
+  while (h) {
+    const int64_t t = g % h;
+    g = h;
+    h = t;
+  }
+  return C / g * W;
+}
+template <int W>
+FI bool nsc_periodic(const NscBlock& b) {
+  if (b.c0 != 0 || b.c1 != b.C || b.C % W == 0) return false;
+  const int64_t P = nsc_period<W>(b.C);
+  return P <= kPanelChannels && b.r1 - b.r0 >= P / b.C;
+}
+
+// out[i] = v[i % C] for the P lanes of a period (zeros for a null v).
+template <typename A>
+FI void expand_period(const A* v, int64_t C, int64_t P, A* out) {
+  for (int64_t i = 0; i < P; ++i) out[i] = v ? v[i % C] : A(0);
+}
+
+// Per-channel sums of a block by periods (nsc_periodic): the lanes' totals lanes[0, P) of the
+// block's whole periods, added in lane order, then the rows after the last whole period in
+// scalar, term(r, c) adding channel c's terms of row r to its two sums; out(c, s1, s2) gets
+// the totals.
+template <int W, typename Term, typename Out>
+FI void period_channel_sums(const NscBlock& b, const double* q1, const double* q2,
+                            const Term& term, const Out& out) {
+  const int64_t C = b.C, P = nsc_period<W>(C);
+  const int64_t rest = b.r0 + (b.r1 - b.r0) / (P / C) * (P / C);
+  for (int64_t c = 0; c < C; ++c) {
+    double s1 = 0, s2 = 0;
+    for (int64_t i = c; i < P; i += C) {
+      s1 += q1[i];
+      s2 += q2[i];
+    }
+    for (int64_t r = rest; r < b.r1; ++r) term(r, c, s1, s2);
+    out(c, s1, s2);
+  }
+}
+
 template <typename T>
 void nsc_moments(const T* x, const NscBlock& b, double* mean, double* m2) {
   using A = typename KAcc<T>::type;
@@ -829,6 +879,35 @@ void nsc_moments(const T* x, const NscBlock& b, double* mean, double* m2) {
     mean[c - b.c0] = mu;
     m2[c - b.c0] = dev;
   };
+  if (nsc_periodic<W>(b)) {
+    const int64_t C = b.C, P = nsc_period<W>(C);
+    // Each channel's shift: the mean of its first kShiftRows rows, as shift_rows_mean.
+    alignas(64) A kc[kPanelChannels], kk[kPanelChannels];
+    const int64_t rk = imin(b.r0 + kShiftRows, b.r1);
+    for (int64_t c = 0; c < C; ++c) {
+      A k = 0;
+      for (int64_t r = b.r0; r < rk; ++r) k += sload(x + r * C + c);
+      kc[c] = k * (A(1) / A(rk - b.r0));
+    }
+    expand_period(kc, C, P, kk);
+    alignas(64) double q1[kPanelChannels], q2[kPanelChannels];
+    for (int64_t i = 0; i < P; ++i) q1[i] = q2[i] = 0;
+    panel_column_sums<A>(0, (b.r1 - b.r0) / (P / C), 0, P, q1, q2,
+                         [&]<int U>(int64_t o, int64_t ra, int64_t rb, V* t1, V* t2) FI_LAMBDA {
+                           V k[U];
+                           for (int u = 0; u < U; ++u) k[u] = vload(kk + o + u * W);
+                           column_dev_sums<U>(first, P, o, ra, rb, k, t1, t2);
+                         });
+    period_channel_sums<W>(
+        b, q1, q2,
+        [&](int64_t r, int64_t c, double& s1, double& s2) {
+          const double d = double(sload(x + r * C + c) - kc[c]);
+          s1 += d;
+          s2 += d * d;
+        },
+        [&](int64_t c, double s1, double s2) { put(c, kc[c], s1, s2); });
+    return;
+  }
   const int64_t cv = b.c0 + (b.c1 - b.c0) / W * W;  // channels in whole vectors
   for (int64_t p0 = b.c0; p0 < cv; p0 += kPanelChannels) {
     const int64_t p1 = imin(p0 + kPanelChannels, cv);
@@ -875,33 +954,29 @@ FI void with_forms(bool centered, bool stream, const F& f) {
 
 // Elementwise NSC kernels run row-major over the block's full width (the order the hardware
 // prefetchers follow best); the per-channel parameters are L1-resident loads.
-// Whole rows of fewer than W channels: the block is one contiguous stream whose parameters
-// repeat every P = lcm(C, W) elements; P/W parameter vectors cover a period.
-template <typename T, typename A>
-void nsc_affine_narrow(const T* x, T* y, const NscBlock& b, const A* center, const A* scale,
-                       const A* shift) {
-  constexpr int W = VecOf<A>::W;
-  int64_t g = b.C, h = W;
-  while (h) { const int64_t t = g % h; g = h; h = t; }
-  const int64_t P = b.C / g * W, nvp = P / W;  // P ≤ (W − 1)·W
-  alignas(64) A pc[W * W], ps[W * W], ph[W * W];
-  for (int64_t i = 0; i < P; ++i) {
-    pc[i] = center ? center[i % b.C] : A(0);
-    ps[i] = scale[i % b.C];
-    ph[i] = shift[i % b.C];
-  }
-  const int64_t e0 = b.r0 * b.C, e1 = b.r1 * b.C;
-  int64_t i = e0;
-  for (; i + P <= e1; i += P)
-    for (int64_t j = 0; j < nvp; ++j) {
-      const int64_t o = j * W;
-      vout(y + i + o, (vload(x + i + o) - vload(pc + o)) * vload(ps + o) + vload(ph + o), b.stream);
+
+// Elementwise over a block by periods (nsc_periodic): one contiguous stream whose parameters,
+// expanded to a period's lanes, repeat every P elements. vec(i, o, stream) for the vector at
+// element i, lane o of its period; scal(i, c) for the elements after the last whole period.
+// Streamed vectors only on lines that no scalar store, of this block or of a neighbour, touches
+// (see map_run).
+template <int W, typename T, typename VF, typename SF>
+FI void for_periods(T* out, const NscBlock& b, const VF& vec, const SF& scal) {
+  const int64_t C = b.C, P = nsc_period<W>(C), e0 = b.r0 * C, e1 = b.r1 * C;
+  const int64_t ev = e0 + (e1 - e0) / P * P;  // end of the whole periods
+  int64_t nt0 = 0, nt1 = 0;                   // [nt0, nt1) may stream
+  if (b.stream) {
+    const uintptr_t base = reinterpret_cast<uintptr_t>(out);
+    const uintptr_t lo = (base + e0 * sizeof(T) + 63) & ~uintptr_t(63);
+    const uintptr_t hi = (base + ev * sizeof(T)) & ~uintptr_t(63);
+    if (hi > lo) {
+      nt0 = int64_t(lo - base) / int64_t(sizeof(T));
+      nt1 = int64_t(hi - base) / int64_t(sizeof(T));
     }
-  for (; i < e1; ++i) {
-    const int64_t c = (i - e0) % b.C;
-    sstore(y + i, (sload(x + i) - (center ? center[c] : A(0))) * scale[c] + shift[c]);
   }
-  end_stream(b.stream);
+  for (int64_t i = e0; i < ev; i += P)
+    for (int64_t o = 0; o < P; o += W) vec(i + o, o, i + o >= nt0 && i + o + W <= nt1);
+  for (int64_t i = ev; i < e1; ++i) scal(i, i % C);
 }
 
 // Whether block b is whole rows of whole vectors (one flat stream in for_nsc_vectors).
@@ -939,8 +1014,22 @@ template <typename T, typename A>
 void nsc_affine(const T* x, T* y, const NscBlock& b, const A* center, const A* scale,
                 const A* shift) {
   constexpr int W = VecOf<A>::W;
-  if (b.C < W && b.c0 == 0 && b.c1 == b.C && b.r1 - b.r0 >= W) {
-    nsc_affine_narrow(x, y, b, center, scale, shift);
+  if (nsc_periodic<W>(b)) {
+    const int64_t P = nsc_period<W>(b.C);
+    alignas(64) A pc[kPanelChannels], ps[kPanelChannels], ph[kPanelChannels];
+    expand_period(center, b.C, P, pc);
+    expand_period(scale, b.C, P, ps);
+    expand_period(shift, b.C, P, ph);
+    const A *c = pc, *s = ps, *h = ph;
+    for_periods<W>(
+        y, b,
+        [=](int64_t i, int64_t o, bool stream) FI_LAMBDA {
+          vout(y + i, (vload(x + i) - vload(c + o)) * vload(s + o) + vload(h + o), stream);
+        },
+        [=](int64_t i, int64_t k) FI_LAMBDA {
+          sstore(y + i, (sload(x + i) - (center ? center[k] : A(0))) * scale[k] + shift[k]);
+        });
+    end_stream(b.stream);
     return;
   }
   // Captures by value: with -fno-strict-aliasing, pointers read through references would be
@@ -966,34 +1055,52 @@ void nsc_bwd_sums(const T* x, const T* dy, const NscBlock& b, const A* mean, dou
   using V = typename VecOf<A>::V;
   constexpr int W = VecOf<A>::W;
   // Σdy and Σdy·(x − mean) per column chunk in registers over blocks of rows (see
-  // panel_column_sums).
+  // panel_column_sums), of rows of C elements from x and dy with the means m (channel o on).
+  auto sums = [&](const T* x, const T* dy, int64_t C, const A* m) FI_LAMBDA {
+    return [=]<int U>(int64_t o, int64_t ra, int64_t rb, V* t0, V* t1) FI_LAMBDA {
+      V mv[U];
+      for (int u = 0; u < U; ++u) mv[u] = vload(m + o + u * W);
+      for (int64_t r = ra; r < rb; ++r) {
+        const T *xr = x + r * C + o, *gr = dy + r * C + o;
+        for (int u = 0; u < U; ++u) {
+          const V g = vload(gr + u * W);
+          t0[u] += g;
+          t1[u] += g * (vload(xr + u * W) - mv[u]);
+        }
+      }
+    };
+  };
+  // Channel o's terms of row r, in scalar.
+  auto row_terms = [&](int64_t r, int64_t o, double& t0, double& t1) {
+    const A g = sload(dy + r * b.C + o);
+    t0 += double(g);
+    t1 += double(g * (sload(x + r * b.C + o) - mean[o]));
+  };
+  if (nsc_periodic<W>(b)) {
+    const int64_t C = b.C, P = nsc_period<W>(C);
+    alignas(64) A mm[kPanelChannels];
+    expand_period(mean, C, P, mm);
+    alignas(64) double q0[kPanelChannels], q1[kPanelChannels];
+    for (int64_t i = 0; i < P; ++i) q0[i] = q1[i] = 0;
+    panel_column_sums<A>(0, (b.r1 - b.r0) / (P / C), 0, P, q0, q1,
+                         sums(x + b.r0 * C, dy + b.r0 * C, P, mm));
+    period_channel_sums<W>(b, q0, q1, row_terms, [&](int64_t c, double t0, double t1) {
+      s0[c] = t0;
+      s1[c] = t1;
+    });
+    return;
+  }
   const int64_t cv = b.c0 + (b.c1 - b.c0) / W * W;  // channels in whole vectors
   for (int64_t p0 = b.c0; p0 < cv; p0 += kPanelChannels) {
     const int64_t p1 = imin(p0 + kPanelChannels, cv);
     double* q0 = s0 + (p0 - b.c0);
     double* q1 = s1 + (p0 - b.c0);
     for (int64_t i = 0; i < p1 - p0; ++i) q0[i] = q1[i] = 0;
-    panel_column_sums<A>(b.r0, b.r1, p0, p1, q0, q1,
-                         [&]<int U>(int64_t o, int64_t ra, int64_t rb, V* t0, V* t1) FI_LAMBDA {
-                           V m[U];
-                           for (int u = 0; u < U; ++u) m[u] = vload(mean + o + u * W);
-                           for (int64_t r = ra; r < rb; ++r) {
-                             const T *xr = x + r * b.C + o, *gr = dy + r * b.C + o;
-                             for (int u = 0; u < U; ++u) {
-                               const V g = vload(gr + u * W);
-                               t0[u] += g;
-                               t1[u] += g * (vload(xr + u * W) - m[u]);
-                             }
-                           }
-                         });
+    panel_column_sums<A>(b.r0, b.r1, p0, p1, q0, q1, sums(x, dy, b.C, mean));
   }
   for (int64_t o = cv; o < b.c1; ++o) {
     double t0 = 0, t1 = 0;
-    for (int64_t r = b.r0; r < b.r1; ++r) {
-      const A g = sload(dy + r * b.C + o);
-      t0 += double(g);
-      t1 += double(g * (sload(x + r * b.C + o) - mean[o]));
-    }
+    for (int64_t r = b.r0; r < b.r1; ++r) row_terms(r, o, t0, t1);
     s0[o - b.c0] = t0;
     s1[o - b.c0] = t1;
   }
@@ -1003,6 +1110,29 @@ template <typename T, typename A>
 void nsc_bwd_dx(const T* x, const T* dy, T* dx, const NscBlock& b, const A* mean, const A* k0,
                 const A* k1, const A* k2) {
   constexpr int W = VecOf<A>::W;
+  if (nsc_periodic<W>(b)) {
+    const int64_t P = nsc_period<W>(b.C);
+    alignas(64) A pm[kPanelChannels], p0[kPanelChannels], p1[kPanelChannels], p2[kPanelChannels];
+    expand_period(mean, b.C, P, pm);
+    expand_period(k0, b.C, P, p0);
+    expand_period(k1, b.C, P, p1);
+    expand_period(k2, b.C, P, p2);
+    const A *m = pm, *q0 = p0, *q1 = p1, *q2 = p2;
+    for_periods<W>(
+        dx, b,
+        [=](int64_t i, int64_t o, bool stream) FI_LAMBDA {
+          vout(dx + i,
+               dx_value(vload(dy + i), vload(x + i) - vload(m + o), vload(q0 + o), vload(q1 + o),
+                        vload(q2 + o)),
+               stream);
+        },
+        [=](int64_t i, int64_t c) FI_LAMBDA {
+          sstore(dx + i, dx_value(sload(dy + i), sload(x + i) - (mean ? mean[c] : A(0)), k0[c],
+                                  k1[c], k2[c]));
+        });
+    end_stream(b.stream);
+    return;
+  }
   with_forms(mean != nullptr, nsc_stream<W>(b), [=]<bool Centered, bool Stream>() {
     for_nsc_vectors<W>(
         b,
