@@ -964,18 +964,21 @@ template <int W, typename T, typename VF, typename SF>
 FI void for_periods(T* out, const NscBlock& b, const VF& vec, const SF& scal) {
   const int64_t C = b.C, P = nsc_period<W>(C), e0 = b.r0 * C, e1 = b.r1 * C;
   const int64_t ev = e0 + (e1 - e0) / P * P;  // end of the whole periods
-  int64_t nt0 = 0, nt1 = 0;                   // [nt0, nt1) may stream
   if (b.stream) {
     const uintptr_t base = reinterpret_cast<uintptr_t>(out);
     const uintptr_t lo = (base + e0 * sizeof(T) + 63) & ~uintptr_t(63);
     const uintptr_t hi = (base + ev * sizeof(T)) & ~uintptr_t(63);
+    int64_t nt0 = 0, nt1 = 0;  // [nt0, nt1) may stream
     if (hi > lo) {
       nt0 = int64_t(lo - base) / int64_t(sizeof(T));
       nt1 = int64_t(hi - base) / int64_t(sizeof(T));
     }
+    for (int64_t i = e0; i < ev; i += P)
+      for (int64_t o = 0; o < P; o += W) vec(i + o, o, i + o >= nt0 && i + o + W <= nt1);
+  } else {  // (no per-vector test: rows of a few channels feel it)
+    for (int64_t i = e0; i < ev; i += P)
+      for (int64_t o = 0; o < P; o += W) vec(i + o, o, false);
   }
-  for (int64_t i = e0; i < ev; i += P)
-    for (int64_t o = 0; o < P; o += W) vec(i + o, o, i + o >= nt0 && i + o + W <= nt1);
   for (int64_t i = ev; i < e1; ++i) scal(i, i % C);
 }
 
