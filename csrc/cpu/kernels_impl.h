@@ -835,10 +835,10 @@ FI void expand_period(const A* v, int64_t C, int64_t P, A* out) {
   for (int64_t i = 0; i < P; ++i) out[i] = v ? v[i % C] : A(0);
 }
 
-// Per-channel sums of a block by periods (nsc_periodic): the lanes' totals lanes[0, P) of the
-// block's whole periods, added in lane order, then the rows after the last whole period in
-// scalar, term(r, c) adding channel c's terms of row r to its two sums; out(c, s1, s2) gets
-// the totals.
+// Per-channel sums of a block by periods (nsc_periodic): a channel's lanes of q1 and q2 (the
+// two sums of each lane over the block's whole periods) in lane order, then the rows after the
+// last whole period in scalar, term(r, c, s1, s2) adding channel c's terms of row r;
+// out(c, s1, s2) gets the totals.
 template <int W, typename Term, typename Out>
 FI void period_channel_sums(const NscBlock& b, const double* q1, const double* q2,
                             const Term& term, const Out& out) {
