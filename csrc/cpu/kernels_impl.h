@@ -20,6 +20,7 @@
 #include <immintrin.h>
 #endif
 
+#include <array>
 #include <cstdint>
 #include <cstring>
 #include <new>
@@ -829,10 +830,10 @@ FI bool nsc_periodic(const NscBlock& b) {
   return P <= kPanelChannels && b.r1 - b.r0 >= P / b.C;
 }
 
-// out[i] = v[i % C] for the P lanes of a period (zeros for a null v).
+// out[i] = v[i % C] for the P lanes of a period.
 template <typename A>
 FI void expand_period(const A* v, int64_t C, int64_t P, A* out) {
-  for (int64_t i = 0; i < P; ++i) out[i] = v ? v[i % C] : A(0);
+  for (int64_t i = 0; i < P; ++i) out[i] = v[i % C];
 }
 
 // Per-channel sums of a block by periods (nsc_periodic): a channel's lanes of q1 and q2 (the
@@ -955,52 +956,68 @@ FI void with_forms(bool centered, bool stream, const F& f) {
 // Elementwise NSC kernels run row-major over the block's full width (the order the hardware
 // prefetchers follow best); the per-channel parameters are L1-resident loads.
 
-// Elementwise over a block by periods (nsc_periodic): one contiguous stream whose parameters,
-// expanded to a period's lanes, repeat every P elements. vec(i, o, stream) for the vector at
-// element i, lane o of its period; scal(i, c) for the elements after the last whole period.
-// Streamed vectors only on lines that no scalar store, of this block or of a neighbour, touches
-// (see map_run).
-template <int W, typename T, typename VF, typename SF>
-FI void for_periods(T* out, const NscBlock& b, const VF& vec, const SF& scal) {
-  const int64_t C = b.C, P = nsc_period<W>(C), e0 = b.r0 * C, e1 = b.r1 * C;
-  const int64_t ev = e0 + (e1 - e0) / P * P;  // end of the whole periods
-  if (b.stream) {
-    const uintptr_t base = reinterpret_cast<uintptr_t>(out);
-    const uintptr_t lo = (base + e0 * sizeof(T) + 63) & ~uintptr_t(63);
-    const uintptr_t hi = (base + ev * sizeof(T)) & ~uintptr_t(63);
-    int64_t nt0 = 0, nt1 = 0;  // [nt0, nt1) may stream
-    if (hi > lo) {
-      nt0 = int64_t(lo - base) / int64_t(sizeof(T));
-      nt1 = int64_t(hi - base) / int64_t(sizeof(T));
-    }
-    for (int64_t i = e0; i < ev; i += P)
-      for (int64_t o = 0; o < P; o += W) vec(i + o, o, i + o >= nt0 && i + o + W <= nt1);
-  } else {  // (no per-vector test: rows of a few channels feel it)
-    for (int64_t i = e0; i < ev; i += P)
-      for (int64_t o = 0; o < P; o += W) vec(i + o, o, false);
-  }
-  for (int64_t i = ev; i < e1; ++i) scal(i, i % C);
-}
-
 // Whether block b is whole rows of whole vectors (one flat stream in for_nsc_vectors).
 template <int W> FI bool nsc_flat(const NscBlock& b) {
   return b.c0 == 0 && b.c1 == b.C && b.C % W == 0;
 }
-// Outputs of a block stream only when it runs flat (see map_run: rows with a partial last
-// vector would mix streamed and plain stores on the lines their scalars share).
-template <int W> FI bool nsc_stream(const NscBlock& b) { return b.stream && nsc_flat<W>(b); }
+// Outputs of a block stream only when it runs flat or by periods (see map_run: rows with a
+// partial last vector would mix streamed and plain stores on the lines their scalars share).
+template <int W> FI bool nsc_stream(const NscBlock& b) {
+  return b.stream && (nsc_flat<W>(b) || nsc_periodic<W>(b));
+}
 
-// vec(i, c) for the whole vectors of block b (i: offset of the vector's first element, c: its
-// channel) and scal(i, c) for the elements of each row's last partial vector. Whole rows of
-// whole vectors run as one flat stream, the channel offset wrapping at C: rows of a few
-// vectors paid a row loop's overhead every few vectors.
-template <int W, typename VF, typename SF>
-FI void for_nsc_vectors(const NscBlock& b, const VF& vec, const SF& scal) {
+// A block's per-channel parameters as its elementwise loop indexes them (for_nsc_vectors): the
+// arrays themselves, or by periods (nsc_periodic) their expansions to a period's lanes. Null
+// arrays stay null.
+template <typename A, int K>
+struct NscParams {
+  alignas(64) A lanes[K][kPanelChannels];
+  const A* p[K];
+  template <int W>
+  FI void set(const NscBlock& b, const std::array<const A*, K>& v) {
+    const bool periodic = nsc_periodic<W>(b);
+    for (int k = 0; k < K; ++k) {
+      p[k] = v[k];
+      if (periodic && v[k]) {
+        expand_period(v[k], b.C, nsc_period<W>(b.C), lanes[k]);
+        p[k] = lanes[k];
+      }
+    }
+  }
+};
+
+// vec(i, c, stream) for the whole vectors of block b (i: offset of the vector's first element,
+// c: its index into the block's parameters, see NscParams; stream: whether to write it with a
+// non-temporal store) and scal(i, c) for the other elements. Whole rows of whole vectors run as
+// one flat stream, the channel offset wrapping at C: rows of a few vectors paid a row loop's
+// overhead every few vectors. By periods (nsc_periodic), c is the lane of the period and
+// scal gets the rows after the last whole one; streamed vectors only on lines that no scalar
+// store, of this block or of a neighbour, touches (see map_run). Stream: nsc_stream(b).
+template <int W, bool Stream, typename T, typename VF, typename SF>
+FI void for_nsc_vectors(T* out, const NscBlock& b, const VF& vec, const SF& scal) {
   const int64_t C = b.C, c0 = b.c0, c1 = b.c1, cv = c0 + (c1 - c0) / W * W;
+  if (nsc_periodic<W>(b)) {
+    const int64_t P = nsc_period<W>(C), e0 = b.r0 * C, e1 = b.r1 * C;
+    const int64_t ev = e0 + (e1 - e0) / P * P;  // end of the whole periods
+    int64_t nt0 = 0, nt1 = 0;                   // [nt0, nt1) may stream
+    if constexpr (Stream) {
+      const uintptr_t base = reinterpret_cast<uintptr_t>(out);
+      const uintptr_t lo = (base + e0 * sizeof(T) + 63) & ~uintptr_t(63);
+      const uintptr_t hi = (base + ev * sizeof(T)) & ~uintptr_t(63);
+      if (hi > lo) {
+        nt0 = int64_t(lo - base) / int64_t(sizeof(T));
+        nt1 = int64_t(hi - base) / int64_t(sizeof(T));
+      }
+    }
+    for (int64_t i = e0; i < ev; i += P)
+      for (int64_t o = 0; o < P; o += W) vec(i + o, o, Stream && i + o >= nt0 && i + o + W <= nt1);
+    for (int64_t i = ev; i < e1; ++i) scal(i, (i - e0) % P);
+    return;
+  }
   if (nsc_flat<W>(b)) {
     int64_t c = 0;
     for (int64_t i = b.r0 * C, e = b.r1 * C; i < e; i += W) {
-      vec(i, c);
+      vec(i, c, Stream);
       c += W;
       c = c == C ? 0 : c;
     }
@@ -1008,7 +1025,7 @@ FI void for_nsc_vectors(const NscBlock& b, const VF& vec, const SF& scal) {
   }
   for (int64_t r = b.r0; r < b.r1; ++r) {
     const int64_t base = r * C;
-    for (int64_t c = c0; c < cv; c += W) vec(base + c, c);
+    for (int64_t c = c0; c < cv; c += W) vec(base + c, c, Stream);
     for (int64_t c = cv; c < c1; ++c) scal(base + c, c);
   }
 }
@@ -1017,36 +1034,21 @@ template <typename T, typename A>
 void nsc_affine(const T* x, T* y, const NscBlock& b, const A* center, const A* scale,
                 const A* shift) {
   constexpr int W = VecOf<A>::W;
-  if (nsc_periodic<W>(b)) {
-    const int64_t P = nsc_period<W>(b.C);
-    alignas(64) A pc[kPanelChannels], ps[kPanelChannels], ph[kPanelChannels];
-    expand_period(center, b.C, P, pc);
-    expand_period(scale, b.C, P, ps);
-    expand_period(shift, b.C, P, ph);
-    const A *c = pc, *s = ps, *h = ph;
-    for_periods<W>(
-        y, b,
-        [=](int64_t i, int64_t o, bool stream) FI_LAMBDA {
-          vout(y + i, (vload(x + i) - vload(c + o)) * vload(s + o) + vload(h + o), stream);
-        },
-        [=](int64_t i, int64_t k) FI_LAMBDA {
-          sstore(y + i, (sload(x + i) - (center ? center[k] : A(0))) * scale[k] + shift[k]);
-        });
-    end_stream(b.stream);
-    return;
-  }
+  NscParams<A, 3> params;
+  params.template set<W>(b, {center, scale, shift});
+  const A *pc = params.p[0], *ps = params.p[1], *ph = params.p[2];
   // Captures by value: with -fno-strict-aliasing, pointers read through references would be
   // reloaded after every store.
   with_forms(center != nullptr, nsc_stream<W>(b), [=]<bool Centered, bool Stream>() {
-    for_nsc_vectors<W>(
-        b,
-        [=](int64_t i, int64_t c) FI_LAMBDA {
+    for_nsc_vectors<W, Stream>(
+        y, b,
+        [=](int64_t i, int64_t c, bool stream) FI_LAMBDA {
           auto xv = vload(x + i);
-          if constexpr (Centered) xv = xv - vload(center + c);
-          vout(y + i, xv * vload(scale + c) + vload(shift + c), Stream);
+          if constexpr (Centered) xv = xv - vload(pc + c);
+          vout(y + i, xv * vload(ps + c) + vload(ph + c), stream);
         },
         [=](int64_t i, int64_t c) FI_LAMBDA {
-          sstore(y + i, (sload(x + i) - (Centered ? center[c] : A(0))) * scale[c] + shift[c]);
+          sstore(y + i, (sload(x + i) - (Centered ? pc[c] : A(0))) * ps[c] + ph[c]);
         });
   });
   end_stream(b.stream);
@@ -1113,41 +1115,21 @@ template <typename T, typename A>
 void nsc_bwd_dx(const T* x, const T* dy, T* dx, const NscBlock& b, const A* mean, const A* k0,
                 const A* k1, const A* k2) {
   constexpr int W = VecOf<A>::W;
-  if (nsc_periodic<W>(b)) {
-    const int64_t P = nsc_period<W>(b.C);
-    alignas(64) A pm[kPanelChannels], p0[kPanelChannels], p1[kPanelChannels], p2[kPanelChannels];
-    expand_period(mean, b.C, P, pm);
-    expand_period(k0, b.C, P, p0);
-    expand_period(k1, b.C, P, p1);
-    expand_period(k2, b.C, P, p2);
-    const A *m = pm, *q0 = p0, *q1 = p1, *q2 = p2;
-    for_periods<W>(
+  NscParams<A, 4> params;
+  params.template set<W>(b, {mean, k0, k1, k2});
+  const A *pm = params.p[0], *q0 = params.p[1], *q1 = params.p[2], *q2 = params.p[3];
+  with_forms(mean != nullptr, nsc_stream<W>(b), [=]<bool Centered, bool Stream>() {
+    for_nsc_vectors<W, Stream>(
         dx, b,
-        [=](int64_t i, int64_t o, bool stream) FI_LAMBDA {
-          vout(dx + i,
-               dx_value(vload(dy + i), vload(x + i) - vload(m + o), vload(q0 + o), vload(q1 + o),
-                        vload(q2 + o)),
+        [=](int64_t i, int64_t c, bool stream) FI_LAMBDA {
+          auto xv = vload(x + i);
+          if constexpr (Centered) xv = xv - vload(pm + c);
+          vout(dx + i, dx_value(vload(dy + i), xv, vload(q0 + c), vload(q1 + c), vload(q2 + c)),
                stream);
         },
         [=](int64_t i, int64_t c) FI_LAMBDA {
-          sstore(dx + i, dx_value(sload(dy + i), sload(x + i) - (mean ? mean[c] : A(0)), k0[c],
-                                  k1[c], k2[c]));
-        });
-    end_stream(b.stream);
-    return;
-  }
-  with_forms(mean != nullptr, nsc_stream<W>(b), [=]<bool Centered, bool Stream>() {
-    for_nsc_vectors<W>(
-        b,
-        [=](int64_t i, int64_t c) FI_LAMBDA {
-          auto xv = vload(x + i);
-          if constexpr (Centered) xv = xv - vload(mean + c);
-          vout(dx + i, dx_value(vload(dy + i), xv, vload(k0 + c), vload(k1 + c), vload(k2 + c)),
-               Stream);
-        },
-        [=](int64_t i, int64_t c) FI_LAMBDA {
-          sstore(dx + i, dx_value(sload(dy + i), sload(x + i) - (Centered ? mean[c] : A(0)), k0[c],
-                                  k1[c], k2[c]));
+          sstore(dx + i, dx_value(sload(dy + i), sload(x + i) - (Centered ? pm[c] : A(0)), q0[c],
+                                  q1[c], q2[c]));
         });
   });
   end_stream(b.stream);
