@@ -6,7 +6,7 @@ blocks written sample by sample, paired blocks reduced sample by sample) sum eve
 same way: outputs, statistics and
 gradients are equal bit for bit with 1 and 2 threads. The shapes are large enough to be
 split over threads (more than 192 KiB) and cover short runs (7×7 maps) in one piece and in
-several, long runs, channel counts that do and do not divide among the threads,
+several, by spans of several channels, long runs, channel counts that do and do not divide among the threads,
 channels_last with its folded and its centred transform and with few bands (made an even
 number of equal ones), and outputs large enough to be streamed past the cache, with runs that
 start on a cache line and runs that do not. Each result is also checked against torch.nn in
@@ -49,7 +49,14 @@ CASES = [(s, "nchw", 5.0) for s in SHAPES + [LARGE]] + [
     (s, "channels_last", 5.0) for s in [(9, 3, 61, 67), (5, 8, 63, 65), (15, 24, 29, 31),
                                         (7, 40, 33, 35), (5, 200, 21, 23)]] + [
     # Whole vectors and a scalar remainder of channels (a period of 257 channels is too long).
-    ((9, 257, 11, 13), "channels_last", 5.0)]
+    ((9, 257, 11, 13), "channels_last", 5.0)] + [
+    # NCHW maps shorter than 4 vectors go by spans (blocks of whole periods of lcm(S, W)
+    # lanes, the channels after the last whole period run by run: span_blocks in
+    # csrc/cpu/batch_norm_cpu.cpp) from 8 periods of channels: with AVX-512 float lanes 7×7
+    # with 256 channels (blocks of 16) and 200 (8 left over), 5×5 with 160 (blocks of 32),
+    # 3×3 with 136 (runs shorter than a vector: blocks of 112, 8 left over); float64 too.
+    (s, "nchw", 5.0) for s in [(16, 256, 7, 7), (8, 200, 7, 7), (40, 160, 5, 5),
+                               (48, 136, 3, 3)]]
 
 
 def params(channels):

@@ -289,6 +289,25 @@ def test_first_element_outlier_numerics(fb, ref, gen, shape, layout, outlier):
     check_train_step_numerics(ref, fm, tm, x, gen)
 
 
+@pytest.mark.parametrize("shape", [(320, 128, 7, 7), (300, 256, 3, 3)])
+@pytest.mark.parametrize("outlier", [0.03, 5.0])
+def test_span_shift_outlier_numerics(fb, ref, gen, shape, outlier):
+    """NCHW maps shorter than 4 vectors, with enough channels, are reduced by spans of several
+    channels (csrc/cpu/kernels_impl.h, ncs_span_moments) in one pass shifted by the mean of
+    each channel's first 8 samples. With those samples out (5.0: 500 standard deviations of
+    the rest, 6 of the whole channel; 0.03: 3 of the rest) the statistics must stay as
+    accurate as torch.nn's. (The shift's distance is at most about sqrt(N / 8) standard
+    deviations, so at these batch sizes the one pass loses a few bits at most; the exact
+    two-pass redo that moments_from_deviations orders beyond 4 is what keeps large batches
+    accurate, and is what test_first_element_outlier_numerics checks on the run-by-run
+    path.)"""
+    fm, tm = make_pair(fb, 2, shape[1], torch.float32, gen)
+    x = make_tensor(shape, torch.float32, "contiguous", gen, scale=1e-2, offset=1000.0)
+    with torch.no_grad():
+        x[:8] = 1000.0 + outlier
+    check_train_step_numerics(ref, fm, tm, x, gen)
+
+
 @pytest.mark.parametrize("shape", [(16, 4, 7, 7), (8, 200, 5, 5), (4, 64, 16, 16), (5, 24, 7, 9),
                                    (3, 3, 11, 13)])
 @pytest.mark.parametrize("scale, offset", [(1.0, 0.0), (1.0, 3.0), (1.0, 1000.0), (1e-2, 1000.0)])

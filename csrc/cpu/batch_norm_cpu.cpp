@@ -14,7 +14,9 @@
 //   Blocks hold about an L1 of input, more where runs are short (block_channels). Otherwise
 //   (fewer channels than threads, or an uneven split) the pieces of all channels are spread
 //   over the threads, merged per channel behind a barrier, and each thread normalizes the
-//   pieces it reduced.
+//   pieces it reduced. Maps shorter than 4 vectors (7×7, 5×5, 3×3), with enough channels, go
+//   by spans instead (span_blocks): a block of channels is one contiguous span per sample,
+//   reduced over the samples lane by lane and then written, while in L2.
 // - NSC (channels_last): bands of rows (their size depends on C, the dtype and, when there are
 //   few, the row count: see nsc_bands); per band and channel the moments (vector lanes =
 //   channels, or when C does not fill whole vectors the lanes of periods of lcm(C, W)
@@ -41,6 +43,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdio>
+#include <numeric>
 #include <vector>
 
 #include "cpu/kernels.h"
@@ -322,6 +325,45 @@ bool paired_blocks(const Layout& L, int64_t pieces, int vector_width, bool seria
   return !serial && pieces == 1 && runs;
 }
 
+// NCS maps shorter than 4 vectors go by spans (kernels_impl.h, NcsSpans): blocks of whole
+// periods of lcm(S, W) lanes (channels), as many as a panel of kMaxSpanLanes holds, each
+// reduced and then written while it is in L2; the channels after the last whole period (and
+// calls of fewer than kMinSpanPeriods periods, which would leave threads idle) go run by run.
+// Which channels go by spans depends on the shape only, so results are the same for any
+// thread count.
+constexpr int64_t kMinSpanPeriods = 8;
+struct SpanBlocks {
+  int64_t channels = 0;  // per block
+  int64_t spanned = 0;   // channels [0, spanned) go by spans
+  int64_t count = 0;     // blocks, plus one for the channels after them; 0: no spans
+  // spans(b) for each block b of spans (NcsSpans), channel(c) for each channel after them;
+  // each thread takes a contiguous range of blocks.
+  template <typename Spans, typename Channel>
+  void run(bool serial, const Layout& L, bool stream, const Spans& spans,
+           const Channel& channel) const {
+    par(serial, 0, count, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t c0 = std::min(i * channels, spanned);
+        if (c0 < spanned) {
+          spans(NcsSpans{L.C, L.S, L.N, c0, std::min(c0 + channels, spanned), stream});
+          continue;
+        }
+        for (int64_t c = c0; c < L.C; ++c) channel(c);
+      }
+    });
+  }
+};
+SpanBlocks span_blocks(const Layout& L, int vector_width) {
+  if (L.channels_last || L.S >= 4 * vector_width || L.per_channel() == 0) return {};
+  const int64_t period = vector_width / std::gcd<int64_t>(L.S, vector_width);  // channels
+  if (L.C < kMinSpanPeriods * period) return {};
+  SpanBlocks b;
+  b.channels = kMaxSpanLanes / (period * L.S) * period;
+  b.spanned = L.C / period * period;
+  b.count = (b.spanned + b.channels - 1) / b.channels + (b.spanned < L.C ? 1 : 0);
+  return b;
+}
+
 // Per-band partial results (NSC): reused across calls so that large scratch arrays cost no
 // page faults. Every element that is read was written by the same call.
 double* scratch(int slot, size_t n) {
@@ -513,6 +555,30 @@ void forward_train_impl(const TrainForwardArgs& a) {
     kern.ncs_moments(x, q, o);
     return Moments<double>{double(q.j1 - q.j0), o[0], o[1]};
   };
+  // A whole channel's moments, its pieces merged in order.
+  auto channel_moments = [&](int64_t c) {
+    Moments<double> m{0, 0, 0};
+    for (int64_t p = 0; p < pieces; ++p) m = chan_merge(m, moments(c, p));
+    return m;
+  };
+  if (const SpanBlocks sb = span_blocks(L, kern.width); sb.count > 0) {
+    AffineArrays<A> t(L.C);
+    sb.run(
+        serial, L, stream,
+        [&](const NcsSpans& b) {
+          double mean[kMaxSpanLanes], m2[kMaxSpanLanes];
+          kern.ncs_span_moments(x, b, mean, m2);
+          for (int64_t c = b.c0; c < b.c1; ++c)
+            finish_into(t, c, {double(M), mean[c - b.c0], m2[c - b.c0]});
+          kern.ncs_span_affine(x, y, b, t.center, t.scale, t.shift);
+        },
+        [&](int64_t c) {
+          finish_into(t, c, channel_moments(c));
+          for (int64_t p = 0; p < pieces; ++p)
+            kern.ncs_affine(x, y, piece(c, p), t.center[c], t.scale[c], t.shift[c]);
+        });
+    return;
+  }
   if (whole_channels_per_thread(L, esize, serial)) {
     AffineArrays<A> t(L.C);
     if (paired_blocks(L, pieces, kern.width, serial)) {
@@ -526,12 +592,7 @@ void forward_train_impl(const TrainForwardArgs& a) {
       return;
     }
     channel_blocks(
-        serial, L, esize, 1,
-        [&](int64_t c) {
-          Moments<double> m{0, 0, 0};
-          for (int64_t p = 0; p < pieces; ++p) m = chan_merge(m, moments(c, p));
-          finish_into(t, c, m);
-        },
+        serial, L, esize, 1, [&](int64_t c) { finish_into(t, c, channel_moments(c)); },
         [&](int64_t n, int64_t c0, int64_t c1) {
           kern.ncs_affine_rows(x, y, {L.C, L.S, n * L.C + c0, n * L.C + c1, stream},
                                t.center, t.scale, t.shift);
@@ -703,6 +764,31 @@ void backward_impl(const BackwardArgs& a) {
     kern.ncs_bwd_sums(x, dy, piece(c, p), mean[c], s.data());
     return s;
   };
+  // A whole channel's sums, piece by piece, then its coefficients.
+  auto channel_coefs = [&](int64_t c) {
+    double s0 = 0, s1 = 0;
+    for (int64_t p = 0; p < pieces; ++p) {
+      const auto s = sums(c, p);
+      s0 += s[0];
+      s1 += s[1];
+    }
+    set_coefs(c, finish(c, s0, s1));
+  };
+  if (const SpanBlocks sb = span_blocks(L, kern.width); sb.count > 0) {
+    sb.run(
+        serial, L, stream,
+        [&](const NcsSpans& b) {
+          double s0[kMaxSpanLanes], s1[kMaxSpanLanes];
+          kern.ncs_span_bwd_sums(x, dy, b, mean, s0, s1);
+          for (int64_t c = b.c0; c < b.c1; ++c) set_coefs(c, finish(c, s0[c - b.c0], s1[c - b.c0]));
+          if (dx) kern.ncs_span_dx(x, dy, dx, b, mean, dy_scale.data(), k.scale, k.shift);
+        },
+        [&](int64_t c) {
+          channel_coefs(c);
+          for (int64_t p = 0; dx && p < pieces; ++p) dx_piece(c, piece(c, p));
+        });
+    return;
+  }
   if (whole_channels_per_thread(L, 2 * esize, serial)) {
     if (paired_blocks(L, pieces, kern.width, serial)) {
       auto step = [&](int64_t r0, int64_t r1, int64_t w0, int64_t w1) {
@@ -716,16 +802,7 @@ void backward_impl(const BackwardArgs& a) {
     }
     // Reductions then dx, while the block of channels is still in cache.
     channel_blocks(
-        serial, L, esize, 2,
-        [&](int64_t c) {
-          double s0 = 0, s1 = 0;
-          for (int64_t p = 0; p < pieces; ++p) {
-            const auto s = sums(c, p);
-            s0 += s[0];
-            s1 += s[1];
-          }
-          set_coefs(c, finish(c, s0, s1));
-        },
+        serial, L, esize, 2, channel_coefs,
         [&](int64_t n, int64_t c0, int64_t c1) {
           if (dx) dx_rows(n * L.C + c0, n * L.C + c1);
         });

@@ -45,6 +45,16 @@ struct NcsBlocks {
   bool stream = false;  // outputs: non-temporal stores
 };
 
+// Channels [c0, c1) of an NCS tensor whose maps are short (see ncs_spans in kernels_impl.h): in
+// each of the N samples one contiguous span of (c1 − c0)·S elements, a whole number of vectors
+// and at most kMaxSpanLanes, lane l holding channel c0 + l / S.
+constexpr int64_t kMaxSpanLanes = 1024;
+struct NcsSpans {
+  int64_t C, S, N;
+  int64_t c0, c1;
+  bool stream = false;  // outputs: non-temporal stores
+};
+
 // Rows [r0, r1) and channel columns [c0, c1) of an NSC tensor (rows of C elements).
 struct NscBlock {
   int64_t C;
@@ -83,6 +93,19 @@ struct Kernels {
   // dx = dy·k0[c] + (x − mean[c])·k1[c] + k2[c] over the channels [w0, w1) (none if dx is null).
   void (*ncs_block_bwd)(const T* x, const T* dy, T* dx, const NcsBlocks& b, const A* mean,
                         const A* k0, const A* k1, const A* k2, double* s0, double* s1);
+  // Spans (NcsSpans): the moments of channels [c0, c1) (one pass shifted by the mean of each
+  // channel's first samples, two exact passes for a channel the shift does not suit), written
+  // to mean[c − c0], m2[c − c0].
+  void (*ncs_span_moments)(const T* x, const NcsSpans& b, double* mean, double* m2);
+  // y = (x − center[c])·scale[c] + shift[c] over the spans (arrays indexed by c).
+  void (*ncs_span_affine)(const T* x, T* y, const NcsSpans& b, const A* center, const A* scale,
+                          const A* shift);
+  // s0[c − c0] = Σdy, s1[c − c0] = Σdy·(x − mean[c]) over the spans.
+  void (*ncs_span_bwd_sums)(const T* x, const T* dy, const NcsSpans& b, const A* mean,
+                            double* s0, double* s1);
+  // dx = dy·k0[c] + (x − mean[c])·k1[c] + k2[c] over the spans.
+  void (*ncs_span_dx)(const T* x, const T* dy, T* dx, const NcsSpans& b, const A* mean,
+                      const A* k0, const A* k1, const A* k2);
   // Per channel c in [c0, c1): mean and M2 of the block's rows (one pass shifted by the mean of
   // the first rows, two exact passes for a channel the shift does not suit), written to mean[c − c0],
   // m2[c − c0].

@@ -25,6 +25,7 @@
 #include <cstring>
 #include <new>
 #include <type_traits>
+#include <utility>
 
 #include "cpu/kernels.h"
 
@@ -986,6 +987,20 @@ struct NscParams {
   }
 };
 
+// The elements [nt0, nt1) of out[e0, e1) that lie on whole cache lines of it: those that may
+// be streamed when plain stores (of scalars, or of a neighbour) may touch the lines at either
+// end (see map_run). Empty without Stream.
+template <bool Stream, typename T>
+FI std::pair<int64_t, int64_t> stream_window(const T* out, int64_t e0, int64_t e1) {
+  if constexpr (Stream) {
+    const uintptr_t base = reinterpret_cast<uintptr_t>(out);
+    const uintptr_t lo = (base + e0 * sizeof(T) + 63) & ~uintptr_t(63);
+    const uintptr_t hi = (base + e1 * sizeof(T)) & ~uintptr_t(63);
+    if (hi > lo) return {int64_t(lo - base) / int64_t(sizeof(T)), int64_t(hi - base) / int64_t(sizeof(T))};
+  }
+  return {0, 0};
+}
+
 // vec(i, c, stream) for the whole vectors of block b (i: offset of the vector's first element,
 // c: its index into the block's parameters, see NscParams; stream: whether to write it with a
 // non-temporal store) and scal(i, c) for the other elements. Whole rows of whole vectors run as
@@ -999,16 +1014,7 @@ FI void for_nsc_vectors(T* out, const NscBlock& b, const VF& vec, const SF& scal
   if (nsc_periodic<W>(b)) {
     const int64_t P = nsc_period<W>(C), e0 = b.r0 * C, e1 = b.r1 * C;
     const int64_t ev = e0 + (e1 - e0) / P * P;  // end of the whole periods
-    int64_t nt0 = 0, nt1 = 0;                   // [nt0, nt1) may stream
-    if constexpr (Stream) {
-      const uintptr_t base = reinterpret_cast<uintptr_t>(out);
-      const uintptr_t lo = (base + e0 * sizeof(T) + 63) & ~uintptr_t(63);
-      const uintptr_t hi = (base + ev * sizeof(T)) & ~uintptr_t(63);
-      if (hi > lo) {
-        nt0 = int64_t(lo - base) / int64_t(sizeof(T));
-        nt1 = int64_t(hi - base) / int64_t(sizeof(T));
-      }
-    }
+    const auto [nt0, nt1] = stream_window<Stream>(out, e0, ev);
     for (int64_t i = e0; i < ev; i += P)
       for (int64_t o = 0; o < P; o += W) vec(i + o, o, Stream && i + o >= nt0 && i + o + W <= nt1);
     for (int64_t i = ev; i < e1; ++i) scal(i, (i - e0) % P);
@@ -1030,18 +1036,17 @@ FI void for_nsc_vectors(T* out, const NscBlock& b, const VF& vec, const SF& scal
   }
 }
 
-template <typename T, typename A>
-void nsc_affine(const T* x, T* y, const NscBlock& b, const A* center, const A* scale,
-                const A* shift) {
-  constexpr int W = VecOf<A>::W;
-  NscParams<A, 3> params;
-  params.template set<W>(b, {center, scale, shift});
-  const A *pc = params.p[0], *ps = params.p[1], *ph = params.p[2];
+// y = (x − center)·scale + shift, or with center null the folded y = x·scale + shift, the
+// parameters indexed by the lane c that walk gives each vector:
+// walk.template operator()<Stream>(vec, scal) calls vec(i, c, stream) and scal(i, c) (see
+// for_nsc_vectors).
+template <typename T, typename A, typename Walk>
+FI void affine_lanes(const T* x, T* y, const A* pc, const A* ps, const A* ph, bool stream,
+                     const Walk& walk) {
   // Captures by value: with -fno-strict-aliasing, pointers read through references would be
   // reloaded after every store.
-  with_forms(center != nullptr, nsc_stream<W>(b), [=]<bool Centered, bool Stream>() {
-    for_nsc_vectors<W, Stream>(
-        y, b,
+  with_forms(pc != nullptr, stream, [=]<bool Centered, bool Stream>() {
+    walk.template operator()<Stream>(
         [=](int64_t i, int64_t c, bool stream) FI_LAMBDA {
           auto xv = vload(x + i);
           if constexpr (Centered) xv = xv - vload(pc + c);
@@ -1051,30 +1056,65 @@ void nsc_affine(const T* x, T* y, const NscBlock& b, const A* center, const A* s
           sstore(y + i, (sload(x + i) - (Centered ? pc[c] : A(0))) * ps[c] + ph[c]);
         });
   });
+}
+
+// dx = dy·k0 + (x − mean)·k1 + k2, or with mean null the folded dy·k0 + x·k1 + k2, walked as
+// affine_lanes.
+template <typename T, typename A, typename Walk>
+FI void dx_lanes(const T* x, const T* dy, T* dx, const A* pm, const A* q0, const A* q1,
+                 const A* q2, bool stream, const Walk& walk) {
+  with_forms(pm != nullptr, stream, [=]<bool Centered, bool Stream>() {
+    walk.template operator()<Stream>(
+        [=](int64_t i, int64_t c, bool stream) FI_LAMBDA {
+          auto xv = vload(x + i);
+          if constexpr (Centered) xv = xv - vload(pm + c);
+          vout(dx + i, dx_value(vload(dy + i), xv, vload(q0 + c), vload(q1 + c), vload(q2 + c)),
+               stream);
+        },
+        [=](int64_t i, int64_t c) FI_LAMBDA {
+          sstore(dx + i, dx_value(sload(dy + i), sload(x + i) - (Centered ? pm[c] : A(0)), q0[c],
+                                  q1[c], q2[c]));
+        });
+  });
+}
+
+template <typename T, typename A>
+void nsc_affine(const T* x, T* y, const NscBlock& b, const A* center, const A* scale,
+                const A* shift) {
+  constexpr int W = VecOf<A>::W;
+  NscParams<A, 3> params;
+  params.template set<W>(b, {center, scale, shift});
+  affine_lanes(x, y, params.p[0], params.p[1], params.p[2], nsc_stream<W>(b),
+               [&]<bool Stream>(const auto& vec, const auto& scal) FI_LAMBDA {
+                 for_nsc_vectors<W, Stream>(y, b, vec, scal);
+               });
   end_stream(b.stream);
+}
+
+// The column sums of panel_column_sums for the backward: Σdy and Σdy·(x − m) per column
+// chunk in registers, of rows of C elements from x and dy with the means m indexed by column.
+template <typename A, typename T>
+FI auto bwd_column_sums(const T* x, const T* dy, int64_t C, const A* m) {
+  using V = typename VecOf<A>::V;
+  constexpr int W = VecOf<A>::W;
+  return [=]<int U>(int64_t o, int64_t ra, int64_t rb, V* t0, V* t1) FI_LAMBDA {
+    V mv[U];
+    for (int u = 0; u < U; ++u) mv[u] = vload(m + o + u * W);
+    for (int64_t r = ra; r < rb; ++r) {
+      const T *xr = x + r * C + o, *gr = dy + r * C + o;
+      for (int u = 0; u < U; ++u) {
+        const V g = vload(gr + u * W);
+        t0[u] += g;
+        t1[u] += g * (vload(xr + u * W) - mv[u]);
+      }
+    }
+  };
 }
 
 template <typename T, typename A>
 void nsc_bwd_sums(const T* x, const T* dy, const NscBlock& b, const A* mean, double* s0,
                   double* s1) {
-  using V = typename VecOf<A>::V;
   constexpr int W = VecOf<A>::W;
-  // Σdy and Σdy·(x − mean) per column chunk in registers over blocks of rows (see
-  // panel_column_sums), of rows of C elements from x and dy with the means m (channel o on).
-  auto sums = [&](const T* x, const T* dy, int64_t C, const A* m) FI_LAMBDA {
-    return [=]<int U>(int64_t o, int64_t ra, int64_t rb, V* t0, V* t1) FI_LAMBDA {
-      V mv[U];
-      for (int u = 0; u < U; ++u) mv[u] = vload(m + o + u * W);
-      for (int64_t r = ra; r < rb; ++r) {
-        const T *xr = x + r * C + o, *gr = dy + r * C + o;
-        for (int u = 0; u < U; ++u) {
-          const V g = vload(gr + u * W);
-          t0[u] += g;
-          t1[u] += g * (vload(xr + u * W) - mv[u]);
-        }
-      }
-    };
-  };
   // Channel o's terms of row r, in scalar.
   auto row_terms = [&](int64_t r, int64_t o, double& t0, double& t1) {
     const A g = sload(dy + r * b.C + o);
@@ -1088,7 +1128,7 @@ void nsc_bwd_sums(const T* x, const T* dy, const NscBlock& b, const A* mean, dou
     alignas(64) double q0[kPanelChannels], q1[kPanelChannels];
     for (int64_t i = 0; i < P; ++i) q0[i] = q1[i] = 0;
     panel_column_sums<A>(0, (b.r1 - b.r0) / (P / C), 0, P, q0, q1,
-                         sums(x + b.r0 * C, dy + b.r0 * C, P, mm));
+                         bwd_column_sums<A>(x + b.r0 * C, dy + b.r0 * C, P, mm));
     period_channel_sums<W>(b, q0, q1, row_terms, [&](int64_t c, double t0, double t1) {
       s0[c] = t0;
       s1[c] = t1;
@@ -1101,7 +1141,7 @@ void nsc_bwd_sums(const T* x, const T* dy, const NscBlock& b, const A* mean, dou
     double* q0 = s0 + (p0 - b.c0);
     double* q1 = s1 + (p0 - b.c0);
     for (int64_t i = 0; i < p1 - p0; ++i) q0[i] = q1[i] = 0;
-    panel_column_sums<A>(b.r0, b.r1, p0, p1, q0, q1, sums(x, dy, b.C, mean));
+    panel_column_sums<A>(b.r0, b.r1, p0, p1, q0, q1, bwd_column_sums<A>(x, dy, b.C, mean));
   }
   for (int64_t o = cv; o < b.c1; ++o) {
     double t0 = 0, t1 = 0;
@@ -1117,21 +1157,177 @@ void nsc_bwd_dx(const T* x, const T* dy, T* dx, const NscBlock& b, const A* mean
   constexpr int W = VecOf<A>::W;
   NscParams<A, 4> params;
   params.template set<W>(b, {mean, k0, k1, k2});
-  const A *pm = params.p[0], *q0 = params.p[1], *q1 = params.p[2], *q2 = params.p[3];
-  with_forms(mean != nullptr, nsc_stream<W>(b), [=]<bool Centered, bool Stream>() {
-    for_nsc_vectors<W, Stream>(
-        dx, b,
-        [=](int64_t i, int64_t c, bool stream) FI_LAMBDA {
-          auto xv = vload(x + i);
-          if constexpr (Centered) xv = xv - vload(pm + c);
-          vout(dx + i, dx_value(vload(dy + i), xv, vload(q0 + c), vload(q1 + c), vload(q2 + c)),
-               stream);
-        },
-        [=](int64_t i, int64_t c) FI_LAMBDA {
-          sstore(dx + i, dx_value(sload(dy + i), sload(x + i) - (Centered ? pm[c] : A(0)), q0[c],
-                                  q1[c], q2[c]));
-        });
-  });
+  dx_lanes(x, dy, dx, params.p[0], params.p[1], params.p[2], params.p[3], nsc_stream<W>(b),
+           [&]<bool Stream>(const auto& vec, const auto& scal) FI_LAMBDA {
+             for_nsc_vectors<W, Stream>(dx, b, vec, scal);
+           });
+  end_stream(b.stream);
+}
+
+// ---------------------------------------------------------------- NCS spans
+// NCS maps shorter than 4 vectors (7×7, 5×5, 3×3...), by spans (NcsSpans): the channels of a
+// block in one sample are one contiguous span, whose lane l holds channel c0 + l / S. The
+// reductions are the column sums of the spans over the samples (panel_column_sums, as for NSC
+// rows, with each channel's shift or mean expanded to its lanes); a channel's sums are those
+// of its S lanes (lane_run_sum); the elementwise passes go over the spans in whole vectors
+// with expanded parameters (affine_lanes, dx_lanes). Run by run, a 7×7 map took three vectors
+// and an overlapping partial one, and every channel a Reducer's folds and horizontal sums:
+// the bfloat16 16×2048×7×7 forward took 1.45× as long as 16×392×16×16, of the same size.
+static_assert(kMaxSpanLanes == kPanelChannels, "a block's spans are one panel");
+
+// out[l] = v[l / S] for the lanes of channels [0, nc). out has a vector of slack: a channel's
+// last vector spills into the lanes after it, which the next channels overwrite.
+template <typename A>
+FI void expand_runs(const A* v, int64_t nc, int64_t S, A* out) {
+  using V = typename VecOf<A>::V;
+  constexpr int W = VecOf<A>::W;
+  for (int64_t i = 0; i < nc; ++i) {
+    const V b = V{} + v[i];
+    for (int64_t l = i * S, e = l + S; l < e; l += W) vstore(out + l, b);
+  }
+}
+
+// The lanes of a vector added in a fixed pairwise order.
+template <typename V>
+FI auto lane_total(V v) {
+  using E = std::remove_reference_t<decltype(v[0])>;
+  constexpr int W = int(sizeof(V) / sizeof(E));
+  E t[W];
+  std::memcpy(t, &v, sizeof(V));
+  for (int h = W / 2; h >= 1; h /= 2)
+    for (int l = 0; l < h; ++l) t[l] += t[l + h];
+  return t[0];
+}
+
+// Σ q[0, S) in a fixed order: whole vectors from q, the last partial one (ending at q + S,
+// `last` keeping its S % W new lanes) masked, then lane_total; in scalar below a vector. The
+// same for every block and thread count.
+template <typename E>
+FI E lane_run_sum(const E* q, int64_t S, const LastLanes<typename VecOf<E>::V>& last) {
+  using V = typename VecOf<E>::V;
+  constexpr int W = VecOf<E>::W;
+  if (S < W) {
+    E s = 0;
+    for (int64_t l = 0; l < S; ++l) s += q[l];
+    return s;
+  }
+  V acc = vload(q);
+  int64_t l = W;
+  for (; l + W <= S; l += W) acc += vload(q + l);
+  if (l < S) acc += last(vload(q + S - W));
+  return lane_total(acc);
+}
+
+// Per-channel sums of a block's spans: panel_column_sums over the N samples with the column
+// sums `sums`, then each channel's S lanes (out(i, s1, s2) for channel c0 + i).
+template <typename A, typename F, typename Out>
+FI void span_channel_sums(const NcsSpans& b, const F& sums, const Out& out) {
+  const int64_t nc = b.c1 - b.c0, P = nc * b.S;
+  alignas(64) double q1[kMaxSpanLanes], q2[kMaxSpanLanes];
+  for (int64_t l = 0; l < P; ++l) q1[l] = q2[l] = 0;
+  panel_column_sums<A>(0, b.N, 0, P, q1, q2, sums);
+  const LastLanes<vd> last(int(b.S % (VB / 8)));
+  for (int64_t i = 0; i < nc; ++i) out(i, lane_run_sum(q1 + i * b.S, b.S, last),
+                                       lane_run_sum(q2 + i * b.S, b.S, last));
+}
+
+template <typename T>
+void ncs_span_moments(const T* x, const NcsSpans& b, double* mean, double* m2) {
+  using A = typename KAcc<T>::type;
+  using V = typename VecOf<A>::V;
+  constexpr int W = VecOf<A>::W;
+  const int64_t nc = b.c1 - b.c0, P = nc * b.S, row = b.C * b.S;
+  const T* span = x + b.c0 * b.S;  // sample 0's span
+  // Each channel's shift: the mean of its runs in the first kShiftRows samples (one sample's
+  // value lies about a standard deviation from the mean: see shift_rows_mean).
+  alignas(64) A k[kMaxSpanLanes + W];
+  A kc[kMaxSpanLanes];
+  const int64_t rk = imin(kShiftRows, b.N);
+  for (int64_t o = 0; o < P; o += W) {
+    V s{};
+    for (int64_t r = 0; r < rk; ++r) s += vload(span + r * row + o);
+    vstore(k + o, s);
+  }
+  const LastLanes<V> last(int(b.S % W));
+  const A inv = A(1) / A(rk * b.S);
+  for (int64_t i = 0; i < nc; ++i) kc[i] = lane_run_sum(k + i * b.S, b.S, last) * inv;
+  expand_runs(kc, nc, b.S, k);
+  const double count = double(b.N * b.S);
+  span_channel_sums<A>(
+      b,
+      [&]<int U>(int64_t o, int64_t ra, int64_t rb, V* t1, V* t2) FI_LAMBDA {
+        V kv[U];
+        for (int u = 0; u < U; ++u) kv[u] = vload(k + o + u * W);
+        column_dev_sums<U>(span, row, o, ra, rb, kv, t1, t2);
+      },
+      [&](int64_t i, double s1, double s2) {
+        if (moments_from_deviations(double(kc[i]), s1, s2, 1 / count, &mean[i], &m2[i])) return;
+        double o[2];  // the shift did not suit: ncs_moments' two exact passes
+        ncs_moments(x, NcsPiece{b.C, b.S, b.c0 + i, 0, b.N * b.S}, o);
+        mean[i] = o[0];
+        m2[i] = o[1];
+      });
+}
+
+// vec(i, l, stream) for the whole vectors of the spans (i: element offset, l: lane), streamed
+// on the whole cache lines of each span.
+template <int W, bool Stream, typename T, typename VF>
+FI void for_span_vectors(T* out, const NcsSpans& b, const VF& vec) {
+  const int64_t P = (b.c1 - b.c0) * b.S, row = b.C * b.S;
+  for (int64_t n = 0; n < b.N; ++n) {
+    const int64_t e0 = n * row + b.c0 * b.S;
+    const auto [nt0, nt1] = stream_window<Stream>(out, e0, e0 + P);
+    for (int64_t l = 0; l < P; l += W) {
+      const int64_t i = e0 + l;
+      vec(i, l, Stream && i >= nt0 && i + W <= nt1);
+    }
+  }
+}
+
+// A block's per-channel parameters expanded to its lanes.
+template <typename A, int K>
+struct SpanParams {
+  alignas(64) A lanes[K][kMaxSpanLanes + VecOf<A>::W];
+  FI SpanParams(const NcsSpans& b, const std::array<const A*, K>& v) {
+    for (int k = 0; k < K; ++k) expand_runs(v[k] + b.c0, b.c1 - b.c0, b.S, lanes[k]);
+  }
+};
+
+template <typename T, typename A>
+void ncs_span_affine(const T* x, T* y, const NcsSpans& b, const A* center, const A* scale,
+                     const A* shift) {
+  constexpr int W = VecOf<A>::W;
+  const SpanParams<A, 3> p(b, {center, scale, shift});
+  affine_lanes(x, y, p.lanes[0], p.lanes[1], p.lanes[2], b.stream,
+               [&]<bool Stream>(const auto& vec, const auto&) FI_LAMBDA {
+                 for_span_vectors<W, Stream>(y, b, vec);
+               });
+  end_stream(b.stream);
+}
+
+template <typename T, typename A>
+void ncs_span_bwd_sums(const T* x, const T* dy, const NcsSpans& b, const A* mean, double* s0,
+                       double* s1) {
+  constexpr int W = VecOf<A>::W;
+  alignas(64) A m[kMaxSpanLanes + W];
+  expand_runs(mean + b.c0, b.c1 - b.c0, b.S, m);
+  const int64_t at = b.c0 * b.S;  // sample 0's span
+  span_channel_sums<A>(b, bwd_column_sums<A>(x + at, dy + at, b.C * b.S, m),
+                       [&](int64_t i, double t0, double t1) {
+                         s0[i] = t0;
+                         s1[i] = t1;
+                       });
+}
+
+template <typename T, typename A>
+void ncs_span_dx(const T* x, const T* dy, T* dx, const NcsSpans& b, const A* mean, const A* k0,
+                 const A* k1, const A* k2) {
+  constexpr int W = VecOf<A>::W;
+  const SpanParams<A, 4> p(b, {mean, k0, k1, k2});
+  dx_lanes(x, dy, dx, p.lanes[0], p.lanes[1], p.lanes[2], p.lanes[3], b.stream,
+           [&]<bool Stream>(const auto& vec, const auto&) FI_LAMBDA {
+             for_span_vectors<W, Stream>(dx, b, vec);
+           });
   end_stream(b.stream);
 }
 
@@ -1148,6 +1344,10 @@ Kernels<T> make_kernels() {
   k.ncs_bwd_dx_rows = &ncs_bwd_dx_rows<T, A>;
   k.ncs_block_moments = &ncs_block_moments<T, A>;
   k.ncs_block_bwd = &ncs_block_bwd<T, A>;
+  k.ncs_span_moments = &ncs_span_moments<T>;
+  k.ncs_span_affine = &ncs_span_affine<T, A>;
+  k.ncs_span_bwd_sums = &ncs_span_bwd_sums<T, A>;
+  k.ncs_span_dx = &ncs_span_dx<T, A>;
   k.nsc_moments = &nsc_moments<T>;
   k.nsc_affine = &nsc_affine<T, A>;
   k.nsc_bwd_sums = &nsc_bwd_sums<T, A>;
