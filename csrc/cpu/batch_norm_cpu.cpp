@@ -16,7 +16,8 @@
 //   over the threads, merged per channel behind a barrier, and each thread normalizes the
 //   pieces it reduced. Maps shorter than 4 vectors (7×7, 5×5, 3×3), with enough channels, go
 //   by spans instead (span_blocks): a block of channels is one contiguous span per sample,
-//   reduced over the samples lane by lane and then written, while in L2.
+//   reduced over the samples lane by lane and then written, while in L2 (the eval forward
+//   writes by spans too: runs shorter than a vector went element by element).
 // - NSC (channels_last): bands of rows (their size depends on C, the dtype and, when there are
 //   few, the row count: see nsc_bands); per band and channel the moments (vector lanes =
 //   channels, or when C does not fill whole vectors the lanes of periods of lcm(C, W)
@@ -651,6 +652,14 @@ void forward_eval_impl(const EvalForwardArgs& a) {
       kern.nsc_affine(x, y, {L.C, r0, r1, 0, L.C, stream}, t.centers(), t.scale,
                       t.shifts());
     });
+  } else if (const SpanBlocks sb = span_blocks(L, kern.width); sb.count > 0) {
+    sb.run(
+        serial, L, stream,
+        [&](const NcsSpans& b) { kern.ncs_span_affine(x, y, b, t.center, t.scale, t.shift); },
+        [&](int64_t c) {
+          kern.ncs_affine(x, y, {L.C, L.S, c, 0, L.per_channel(), stream}, t.center[c],
+                          t.scale[c], t.shift[c]);
+        });
   } else {
     elementwise(serial, L.N * L.C, L.S, [&](int64_t k0, int64_t k1) {
       kern.ncs_affine_rows(x, y, {L.C, L.S, k0, k1, stream}, t.center, t.scale,
