@@ -299,10 +299,9 @@ def test_span_shift_outlier_numerics(fb, ref, gen, shape, outlier):
     each channel's first 8 samples. With those samples out (5.0: 500 standard deviations of
     the rest, 6 of the whole channel; 0.03: 3 of the rest) the statistics must stay as
     accurate as torch.nn's. (The shift's distance is at most about sqrt(N / 8) standard
-    deviations, so at these batch sizes the one pass loses a few bits at most; the exact
-    two-pass redo that moments_from_deviations orders beyond 4 is what keeps large batches
-    accurate, and is what test_first_element_outlier_numerics checks on the run-by-run
-    path.)"""
+    deviations: the outputs here would be as accurate without the exact two-pass redo that
+    moments_from_deviations orders beyond about 4; tests/test_cpu_statistics.py sees the
+    redo in the saved invstd.)"""
     fm, tm = make_pair(fb, 2, shape[1], torch.float32, gen)
     x = make_tensor(shape, torch.float32, "contiguous", gen, scale=1e-2, offset=1000.0)
     with torch.no_grad():
