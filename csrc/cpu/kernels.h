@@ -1,7 +1,7 @@
 // The vectorized inner loops of the CPU backend, compiled once per instruction set
 // (kernels_default.cpp, kernels_avx2.cpp, kernels_avx512.cpp all include kernels_impl.h) and
 // picked at run time (select_kernels). Threading, per-channel math and the fixed merge order
-// live in batch_norm_cpu.cpp; a kernel only loops over one piece, band or run.
+// live in batch_norm_cpu.cpp; a kernel only loops over one piece, band, run, block or span.
 //
 // This header and kernels_impl.h include no torch headers: the ISA-specific translation units
 // must not emit (and let the linker pick) AVX-512 copies of inline functions that the rest of
@@ -45,7 +45,7 @@ struct NcsBlocks {
   bool stream = false;  // outputs: non-temporal stores
 };
 
-// Channels [c0, c1) of an NCS tensor whose maps are short (see ncs_spans in kernels_impl.h): in
+// Channels [c0, c1) of an NCS tensor whose maps are short (see "NCS spans" in kernels_impl.h): in
 // each of the N samples one contiguous span of (c1 − c0)·S elements, a whole number of vectors
 // and at most kMaxSpanLanes, lane l holding channel c0 + l / S.
 constexpr int64_t kMaxSpanLanes = 1024;
@@ -94,7 +94,7 @@ struct Kernels {
   void (*ncs_block_bwd)(const T* x, const T* dy, T* dx, const NcsBlocks& b, const A* mean,
                         const A* k0, const A* k1, const A* k2, double* s0, double* s1);
   // Spans (NcsSpans): the moments of channels [c0, c1) (one pass shifted by the mean of each
-  // channel's first samples, two exact passes for a channel the shift does not suit), written
+  // channel's first samples; a channel the shift does not suit is redone by ncs_moments), written
   // to mean[c − c0], m2[c − c0].
   void (*ncs_span_moments)(const T* x, const NcsSpans& b, double* mean, double* m2);
   // y = (x − center[c])·scale[c] + shift[c] over the spans (arrays indexed by c).

@@ -6,9 +6,11 @@
 //
 // Numerics, identical in every ISA up to the vector width (which only changes the order of
 // the partial sums): float lanes are folded into double every kFoldVecs vectors (each float
-// lane then holds at most 64 elements), runs shorter than a vector are summed in scalar, and
-// the statistics of an NCS piece or an NSC band take one pass shifted by K (the piece's
-// first element; the mean of the band's first kShiftRows rows): Σ(x − K) and Σ(x − K)² → mean = K + Σd/n,
+// lane then holds at most 64 elements), runs shorter than a vector are summed in scalar (NCS
+// spans instead sum lanes across channels, see that section), and the statistics of an NCS
+// piece, an NCS span's channel or an NSC band take one pass shifted by K (the piece's first
+// element; the mean of the channel's runs in its first kShiftRows samples; of the band's
+// first kShiftRows rows): Σ(x − K) and Σ(x − K)² → mean = K + Σd/n,
 // M2 = Σd² − (Σd)²/n, redone in two exact passes (Σx → center, then the deviations) where K
 // was too far out for M2 to keep its precision (moments_from_deviations). With FMA (AVX2,
 // AVX-512) GCC contracts a·b + c in vector bodies and scalar tails alike.
@@ -658,7 +660,7 @@ void ncs_block_moments(const T* x, T* y, const NcsBlocks& b, const A* center, co
   for (int64_t i = 0; i < nr; ++i) {
     if (moments_from_deviations(double(first[i]), dev[i], dev[nr + i], 1 / count, &mean[i], &m2[i]))
       continue;
-    double o[2];  // the shift did not suit: ncs_moments' two exact passes
+    double o[2];  // the shift did not suit: the whole channel by ncs_moments
     ncs_moments(x, NcsPiece{b.C, b.S, b.r0 + i, 0, M}, o);
     mean[i] = o[0];
     m2[i] = o[1];
@@ -1165,8 +1167,9 @@ void nsc_bwd_dx(const T* x, const T* dy, T* dx, const NscBlock& b, const A* mean
 }
 
 // ---------------------------------------------------------------- NCS spans
-// NCS maps shorter than 4 vectors (7×7, 5×5, 3×3...), by spans (NcsSpans): the channels of a
-// block in one sample are one contiguous span, whose lane l holds channel c0 + l / S. The
+// NCS maps shorter than 4 vectors (7×7 and smaller with 16 lanes), by spans (NcsSpans): the
+// channels of a block in one sample are one contiguous span, whose lane l holds channel
+// c0 + l / S. The
 // reductions are the column sums of the spans over the samples (panel_column_sums, as for NSC
 // rows, with each channel's shift or mean expanded to its lanes); a channel's sums are those
 // of its S lanes (lane_run_sum); the elementwise passes go over the spans in whole vectors
@@ -1262,7 +1265,7 @@ void ncs_span_moments(const T* x, const NcsSpans& b, double* mean, double* m2) {
       },
       [&](int64_t i, double s1, double s2) {
         if (moments_from_deviations(double(kc[i]), s1, s2, 1 / count, &mean[i], &m2[i])) return;
-        double o[2];  // the shift did not suit: ncs_moments' two exact passes
+        double o[2];  // the shift did not suit: the whole channel by ncs_moments
         ncs_moments(x, NcsPiece{b.C, b.S, b.c0 + i, 0, b.N * b.S}, o);
         mean[i] = o[0];
         m2[i] = o[1];
@@ -1284,7 +1287,8 @@ FI void for_span_vectors(T* out, const NcsSpans& b, const VF& vec) {
   }
 }
 
-// A block's per-channel parameters expanded to its lanes.
+// A block's per-channel parameters expanded to its lanes (none may be null: spans always use
+// the centred forms).
 template <typename A, int K>
 struct SpanParams {
   alignas(64) A lanes[K][kMaxSpanLanes + VecOf<A>::W];
