@@ -176,6 +176,23 @@ def test_core(fb, ref, gen, dim, shape, layout, variant):
     run_case(fb, ref, gen, dim, shape, variant, layout)
 
 
+# NCHW maps shorter than 4 vectors with enough channels go by spans (span_blocks in
+# csrc/cpu/batch_norm_cpu.cpp: 8 periods of lcm(S, W) lanes): 7×7 with 128 channels, 3×3 with
+# 256, 5×5 with 136 (8 channels after the last whole period with 16 float lanes). SHAPES has
+# too few channels for them. Every dtype; contiguous and strided (copied to contiguous).
+SPAN_CASES = [
+    pytest.param(shape, layout, variant, id=f"{'x'.join(map(str, shape))}-{layout}-{variant}")
+    for shape in [(4, 128, 7, 7), (6, 256, 3, 3), (3, 136, 5, 5)]
+    for layout in ("contiguous", "strided")
+    for variant in DTYPE_VARIANTS
+]
+
+
+@pytest.mark.parametrize("shape,layout,variant", SPAN_CASES)
+def test_spans(fb, ref, gen, shape, layout, variant):
+    run_case(fb, ref, gen, 2, shape, variant, layout)
+
+
 # ------------------------------------------------------------------ config
 def _config_params():
     out = []
