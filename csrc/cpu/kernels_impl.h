@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <cstring>
 #include <new>
+#include <numeric>
 #include <type_traits>
 #include <utility>
 
@@ -818,13 +819,7 @@ FI void shift_rows_mean(const T* x, const NscBlock& b, int64_t o, V* k) {
 // Only where a period fits a panel (P ≤ kPanelChannels) and the block holds one.
 template <int W>
 FI int64_t nsc_period(int64_t C) {
-  int64_t g = C, h = W;
-  while (h) {
-    const int64_t t = g % h;
-    g = h;
-    h = t;
-  }
-  return C / g * W;
+  return C / std::gcd<int64_t>(C, W) * W;
 }
 template <int W>
 FI bool nsc_periodic(const NscBlock& b) {
@@ -969,25 +964,32 @@ template <int W> FI bool nsc_stream(const NscBlock& b) {
   return b.stream && (nsc_flat<W>(b) || nsc_periodic<W>(b));
 }
 
-// A block's per-channel parameters as its elementwise loop indexes them (for_nsc_vectors): the
-// arrays themselves, or by periods (nsc_periodic) their expansions to a period's lanes. Null
-// arrays stay null.
+// A block's per-channel parameters as its elementwise loop indexes them: the arrays themselves,
+// or (expand) each array expanded to the block's lanes by f(array, lanes): the lanes of a
+// period (NSC by periods, nsc_periodic) or of the block's spans (NCS spans; expand_runs needs
+// the vector of slack). Null arrays stay null.
 template <typename A, int K>
-struct NscParams {
-  alignas(64) A lanes[K][kPanelChannels];
+struct LaneParams {
+  alignas(64) A lanes[K][kPanelChannels + VecOf<A>::W];
   const A* p[K];
-  template <int W>
-  FI void set(const NscBlock& b, const std::array<const A*, K>& v) {
-    const bool periodic = nsc_periodic<W>(b);
+  template <typename Expand>
+  FI LaneParams(const std::array<const A*, K>& v, bool expand, const Expand& f) {
     for (int k = 0; k < K; ++k) {
       p[k] = v[k];
-      if (periodic && v[k]) {
-        expand_period(v[k], b.C, nsc_period<W>(b.C), lanes[k]);
+      if (expand && v[k]) {
+        f(v[k], lanes[k]);
         p[k] = lanes[k];
       }
     }
   }
 };
+// The NSC kernels' parameters: expanded to a period's lanes when the block goes by periods.
+template <int W, typename A, int K>
+FI auto nsc_params(const NscBlock& b, const std::array<const A*, K>& v) {
+  return LaneParams<A, K>(v, nsc_periodic<W>(b), [&](const A* a, A* out) {
+    expand_period(a, b.C, nsc_period<W>(b.C), out);
+  });
+}
 
 // The elements [nt0, nt1) of out[e0, e1) that lie on whole cache lines of it: those that may
 // be streamed when plain stores (of scalars, or of a neighbour) may touch the lines at either
@@ -1004,7 +1006,7 @@ FI std::pair<int64_t, int64_t> stream_window(const T* out, int64_t e0, int64_t e
 }
 
 // vec(i, c, stream) for the whole vectors of block b (i: offset of the vector's first element,
-// c: its index into the block's parameters, see NscParams; stream: whether to write it with a
+// c: its index into the block's parameters, see nsc_params; stream: whether to write it with a
 // non-temporal store) and scal(i, c) for the other elements. Whole rows of whole vectors run as
 // one flat stream, the channel offset wrapping at C: rows of a few vectors paid a row loop's
 // overhead every few vectors. By periods (nsc_periodic), c is the lane of the period and
@@ -1084,8 +1086,7 @@ template <typename T, typename A>
 void nsc_affine(const T* x, T* y, const NscBlock& b, const A* center, const A* scale,
                 const A* shift) {
   constexpr int W = VecOf<A>::W;
-  NscParams<A, 3> params;
-  params.template set<W>(b, {center, scale, shift});
+  const auto params = nsc_params<W, A, 3>(b, {center, scale, shift});
   affine_lanes(x, y, params.p[0], params.p[1], params.p[2], nsc_stream<W>(b),
                [&]<bool Stream>(const auto& vec, const auto& scal) FI_LAMBDA {
                  for_nsc_vectors<W, Stream>(y, b, vec, scal);
@@ -1157,8 +1158,7 @@ template <typename T, typename A>
 void nsc_bwd_dx(const T* x, const T* dy, T* dx, const NscBlock& b, const A* mean, const A* k0,
                 const A* k1, const A* k2) {
   constexpr int W = VecOf<A>::W;
-  NscParams<A, 4> params;
-  params.template set<W>(b, {mean, k0, k1, k2});
+  const auto params = nsc_params<W, A, 4>(b, {mean, k0, k1, k2});
   dx_lanes(x, dy, dx, params.p[0], params.p[1], params.p[2], params.p[3], nsc_stream<W>(b),
            [&]<bool Stream>(const auto& vec, const auto& scal) FI_LAMBDA {
              for_nsc_vectors<W, Stream>(dx, b, vec, scal);
@@ -1169,11 +1169,10 @@ void nsc_bwd_dx(const T* x, const T* dy, T* dx, const NscBlock& b, const A* mean
 // ---------------------------------------------------------------- NCS spans
 // NCS maps shorter than 4 vectors (7×7 and smaller with 16 lanes), by spans (NcsSpans): the
 // channels of a block in one sample are one contiguous span, whose lane l holds channel
-// c0 + l / S. The
-// reductions are the column sums of the spans over the samples (panel_column_sums, as for NSC
-// rows, with each channel's shift or mean expanded to its lanes); a channel's sums are those
-// of its S lanes (lane_run_sum); the elementwise passes go over the spans in whole vectors
-// with expanded parameters (affine_lanes, dx_lanes). Run by run, a 7×7 map took three vectors
+// c0 + l / S. The reductions are the column sums of the spans over the samples
+// (panel_column_sums, as for NSC rows, with each channel's shift or mean expanded to its
+// lanes); a channel's sums are those of its S lanes (lane_run_sum); the elementwise passes go
+// over the spans in whole vectors with expanded parameters (affine_lanes, dx_lanes). Run by run, a 7×7 map took three vectors
 // and an overlapping partial one, and every channel a Reducer's folds and horizontal sums:
 // the bfloat16 16×2048×7×7 forward took 1.45× as long as 16×392×16×16, of the same size.
 static_assert(kMaxSpanLanes == kPanelChannels, "a block's spans are one panel");
@@ -1287,22 +1286,21 @@ FI void for_span_vectors(T* out, const NcsSpans& b, const VF& vec) {
   }
 }
 
-// A block's per-channel parameters expanded to its lanes (none may be null: spans always use
-// the centred forms).
+// A block's per-channel parameters expanded to the lanes of its spans (none may be null: spans
+// always use the centred forms).
 template <typename A, int K>
-struct SpanParams {
-  alignas(64) A lanes[K][kMaxSpanLanes + VecOf<A>::W];
-  FI SpanParams(const NcsSpans& b, const std::array<const A*, K>& v) {
-    for (int k = 0; k < K; ++k) expand_runs(v[k] + b.c0, b.c1 - b.c0, b.S, lanes[k]);
-  }
-};
+FI auto span_params(const NcsSpans& b, const std::array<const A*, K>& v) {
+  return LaneParams<A, K>(v, true, [&](const A* a, A* out) {
+    expand_runs(a + b.c0, b.c1 - b.c0, b.S, out);
+  });
+}
 
 template <typename T, typename A>
 void ncs_span_affine(const T* x, T* y, const NcsSpans& b, const A* center, const A* scale,
                      const A* shift) {
   constexpr int W = VecOf<A>::W;
-  const SpanParams<A, 3> p(b, {center, scale, shift});
-  affine_lanes(x, y, p.lanes[0], p.lanes[1], p.lanes[2], b.stream,
+  const auto p = span_params<A, 3>(b, {center, scale, shift});
+  affine_lanes(x, y, p.p[0], p.p[1], p.p[2], b.stream,
                [&]<bool Stream>(const auto& vec, const auto&) FI_LAMBDA {
                  for_span_vectors<W, Stream>(y, b, vec);
                });
@@ -1327,8 +1325,8 @@ template <typename T, typename A>
 void ncs_span_dx(const T* x, const T* dy, T* dx, const NcsSpans& b, const A* mean, const A* k0,
                  const A* k1, const A* k2) {
   constexpr int W = VecOf<A>::W;
-  const SpanParams<A, 4> p(b, {mean, k0, k1, k2});
-  dx_lanes(x, dy, dx, p.lanes[0], p.lanes[1], p.lanes[2], p.lanes[3], b.stream,
+  const auto p = span_params<A, 4>(b, {mean, k0, k1, k2});
+  dx_lanes(x, dy, dx, p.p[0], p.p[1], p.p[2], p.p[3], b.stream,
            [&]<bool Stream>(const auto& vec, const auto&) FI_LAMBDA {
              for_span_vectors<W, Stream>(dx, b, vec);
            });
