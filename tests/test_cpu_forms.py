@@ -1,8 +1,10 @@
-"""Which elementwise form the CPU channels_last path applies, seen exactly in its rounding.
+"""Which elementwise form the CPU paths with per-lane parameters apply (channels_last, and
+contiguous maps short enough to go by spans), seen exactly in their rounding.
 
 The normalize pass computes y = x·scale + (shift − center·scale) (folded) when every
 channel's |center|·invstd ≤ 4, else (x − center)·scale + shift (centred); see FoldCheck in
-csrc/cpu/batch_norm_cpu.cpp. Both are accurate enough to pass the error bounds of
+csrc/cpu/batch_norm_cpu.cpp. Channels_last folds in training and eval; spans fold in eval only
+(in training the check would come after each block's output is written). Both are accurate enough to pass the error bounds of
 test_modules.py, so those tests cannot tell which one ran. Here each form is emulated in
 float64 from the float32 parameters the kernel uses, rounded to float32 once per operation
 the kernel rounds (an FMA is one rounding; the baseline kernel table has none), and the
@@ -43,16 +45,18 @@ def check_form(y, centred, folded, want_folded):
     assert not torch.equal(y, other), "the test cannot tell the two forms apart"
 
 
-SHAPE = (8, 64, 6, 6)
+# (layout, shape): 3×3 maps with 128 channels go by spans with any vector width.
+CASES = [("channels_last", (8, 64, 6, 6)), ("contiguous", (8, 128, 3, 3))]
 
 
 def params(channels, gen):
     return torch.rand(channels, generator=gen) + 0.5, torch.randn(channels, generator=gen)
 
 
+@pytest.mark.parametrize("layout, shape", CASES)
 @pytest.mark.parametrize("offset, folded", [(0.0, True), (3.0, True), (1000.0, False)])
-def test_eval_form(gen, offset, folded):
-    x = make_tensor(SHAPE, torch.float32, "channels_last", gen, offset=offset)
+def test_eval_form(gen, layout, shape, offset, folded):
+    x = make_tensor(shape, torch.float32, layout, gen, offset=offset)
     channels = x.shape[1]
     m = fastbn.BatchNorm2d(channels).eval()
     weight, bias = params(channels, gen)
@@ -66,9 +70,11 @@ def test_eval_form(gen, offset, folded):
     check_form(y, *forms(x, m.running_mean, invstd, weight, bias), want_folded=folded)
 
 
+@pytest.mark.parametrize("layout, shape", CASES)
 @pytest.mark.parametrize("offset, folded", [(0.0, True), (3.0, True), (1000.0, False)])
-def test_training_form(gen, offset, folded):
-    x = make_tensor(SHAPE, torch.float32, "channels_last", gen, offset=offset)
+def test_training_form(gen, layout, shape, offset, folded):
+    x = make_tensor(shape, torch.float32, layout, gen, offset=offset)
     weight, bias = params(x.shape[1], gen)
     y, mean, invstd = ops.batch_norm_train(x, weight, bias, None, None, None, 0.1, 1e-5)
-    check_form(y, *forms(x, mean, invstd, weight, bias), want_folded=folded)
+    check_form(y, *forms(x, mean, invstd, weight, bias),
+               want_folded=folded and layout == "channels_last")

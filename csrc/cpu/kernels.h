@@ -97,7 +97,8 @@ struct Kernels {
   // channel's first samples; a channel the shift does not suit is redone by ncs_moments), written
   // to mean[c − c0], m2[c − c0].
   void (*ncs_span_moments)(const T* x, const NcsSpans& b, double* mean, double* m2);
-  // y = (x − center[c])·scale[c] + shift[c] over the spans (arrays indexed by c).
+  // y = (x − center[c])·scale[c] + shift[c] over the spans (arrays indexed by c); center
+  // null: the folded form, as nsc_affine.
   void (*ncs_span_affine)(const T* x, T* y, const NcsSpans& b, const A* center, const A* scale,
                           const A* shift);
   // s0[c − c0] = Σdy, s1[c − c0] = Σdy·(x − mean[c]) over the spans.

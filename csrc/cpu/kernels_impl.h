@@ -1286,8 +1286,8 @@ FI void for_span_vectors(T* out, const NcsSpans& b, const VF& vec) {
   }
 }
 
-// A block's per-channel parameters expanded to the lanes of its spans (none may be null: spans
-// always use the centred forms).
+// A block's per-channel parameters expanded to the lanes of its spans (a null array stays null:
+// the folded forms).
 template <typename A, int K>
 FI auto span_params(const NcsSpans& b, const std::array<const A*, K>& v) {
   return LaneParams<A, K>(v, true, [&](const A* a, A* out) {
