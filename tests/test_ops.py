@@ -132,6 +132,67 @@ def test_eval_op_results(fb, ref, gen):
                  rtol=1e-10, atol=1e-10)
 
 
+# ------------------------------------------------------------------ the graph
+@pytest.mark.parametrize("training, name", [(True, "fastbn::BatchNormBackward"),
+                                            (False, "fastbn::BatchNormEvalBackward")])
+def test_graph_node(fb, gen, training, name):
+    """The output's grad_fn is fastbn's node, its next functions the input's and the
+    parameters'; the statistics returned by the training op carry no graph."""
+    m = fb.BatchNorm2d(3).train(training)
+    x = torch.randn(2, 3, 4, 4, generator=gen, requires_grad=True)
+    y = m(x)
+    assert y.grad_fn.name() == name
+    assert len(y.grad_fn.next_functions) == 3
+    assert all(f is not None for f, _ in y.grad_fn.next_functions)
+    _, mean, invstd = fb.ops.batch_norm_train(x, m.weight, m.bias, None, None, None, 0.1, 1e-5)
+    assert not mean.requires_grad and not invstd.requires_grad
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("weight, bias", [("grad", "grad"), ("grad", "frozen"), ("frozen", "grad"),
+                                          (None, "grad"), ("grad", None), (None, None)])
+def test_gradients_of_the_parameters_that_require_them(fb, gen, training, weight, bias):
+    """Each parameter gets a gradient exactly when it requires one (absent, frozen or
+    trainable, in any combination), equal to torch.nn.functional.batch_norm's."""
+    x = torch.randn(4, 3, 5, dtype=torch.float64, generator=gen, requires_grad=True)
+    dy = torch.randn(4, 3, 5, dtype=torch.float64, generator=gen)
+    rm, rv = torch.randn(3, dtype=torch.float64, generator=gen), torch.rand(3, dtype=torch.float64) + 0.5
+
+    def param(kind):
+        if kind is None:
+            return None
+        return torch.randn(3, dtype=torch.float64, generator=gen).requires_grad_(kind == "grad")
+
+    w, b = param(weight), param(bias)
+    wanted = [x] + [p for p in (w, b) if p is not None and p.requires_grad]
+    got = torch.autograd.grad(fb.functional.batch_norm(x, rm.clone(), rv.clone(), w, b, training),
+                              wanted, dy)
+    expected = torch.autograd.grad(
+        torch.nn.functional.batch_norm(x, rm.clone(), rv.clone(), w, b, training), wanted, dy)
+    assert len(got) == len(expected) == len(wanted)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e)
+
+
+def test_backward_twice_without_retain_graph_raises(fb, gen):
+    """The saved tensors are released after the first backward, as torch.nn's are."""
+    x = torch.randn(2, 3, 4, 4, generator=gen, requires_grad=True)
+    y = fb.BatchNorm2d(3)(x).sum()
+    y.backward()
+    with pytest.raises(RuntimeError, match="second time"):
+        y.backward()
+
+
+def test_inplace_change_of_a_saved_input_raises(fb, gen):
+    """Modifying the input in place after the forward makes the backward refuse."""
+    x = torch.randn(2, 3, 4, 4, generator=gen, requires_grad=True)
+    h = x * 2
+    y = fb.BatchNorm2d(3)(h)
+    h.add_(1)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+
+
 # ------------------------------------------------------------------ double backward
 def _double_backward(fn, x, params):
     y = fn(x)

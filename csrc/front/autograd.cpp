@@ -1,11 +1,21 @@
 // Autograd for the fastbn ops, in C++ so that the training forward can mutate the running
 // statistics in place (torch.library.register_autograd only takes functional ops) — the same
 // model as aten::_native_batch_norm_legit. Backward goes through fastbn::batch_norm_backward.
+//
+// The graph nodes are built as torch's generated autograd kernels build theirs (a Node with
+// SavedVariables, edges from collect_next_edges, the output's history from set_history), not
+// through torch::autograd::Function: its CppNode keeps an AutogradContext (saved data in a
+// string-keyed map, sets of dirty and non-differentiable outputs, output metadata) that cost a
+// training forward about 8 µs of its 15 on a kilobyte input, and about 35 µs when the call
+// finds the caches flushed by the kernel before it (as every call in a network does).
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/utils.h>
+#include <torch/csrc/autograd/saved_variable.h>
 #include <torch/library.h>
 
+#include <array>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -16,34 +26,20 @@
 namespace fastbn {
 namespace {
 
-using torch::autograd::AutogradContext;
+using torch::autograd::Node;
+using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
 
 OptTensor optional_of(const at::Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
 
-at::Tensor undefined_if_empty_mask(const at::Tensor& grad, bool wanted) {
-  return wanted ? grad : at::Tensor();
-}
-
-// fastbn has no forward-mode derivative (jvp). Refused before the op runs: Function::apply
-// would raise only after the forward (with the running statistics already updated), and the
-// shortcut below autograd (needs_graph) would drop the tangent silently.
+// fastbn has no forward-mode derivative (jvp). Refused before the op runs: otherwise the
+// tangent would be dropped silently (and, with a graph, only after the running statistics
+// were updated).
 void check_no_forward_ad(const at::Tensor& input, const OptTensor& weight, const OptTensor& bias) {
   using torch::autograd::isFwGradDefined;
   TORCH_CHECK(!isFwGradDefined(input) && !isFwGradDefined(weight) && !isFwGradDefined(bias),
               "fastbn: forward-mode AD (dual tensors, jvp) is not supported; use "
               "torch.nn.BatchNorm for it");
-}
-
-// Whether a call goes through Function::apply: grad mode on and a differentiable argument
-// that requires grad. Otherwise the forward goes straight below autograd, without
-// Function::apply's bookkeeping (a few µs, most of a kilobyte-sized eval call).
-bool needs_graph(const at::Tensor& input, const OptTensor& weight, const OptTensor& bias) {
-  if (!at::GradMode::is_enabled()) return false;
-  auto wants_grad = [](const OptTensor& t) {
-    return t.has_value() && t->defined() && t->requires_grad();
-  };
-  return input.requires_grad() || wants_grad(weight) || wants_grad(bias);
 }
 
 // The training op mutates these in place (its schema says so): their version counters are
@@ -55,123 +51,79 @@ void bump_versions(std::initializer_list<const OptTensor*> mutated) {
     if (t->has_value() && (*t)->defined()) torch::autograd::impl::bump_version(**t);
 }
 
-// Shared by training and eval: the saved tensors are (input, weight, mean, invstd).
-// Returns one entry per argument of the forward (num_args; the gradients first).
-variable_list run_backward(AutogradContext* ctx, const at::Tensor& grad_output, bool training,
-                           size_t num_args) {
-  const auto saved = ctx->get_saved_variables();
-  const at::Tensor& input = saved[0];
-  const at::Tensor& weight = saved[1];
-  at::Tensor mean = saved[2], invstd = saved[3];
-  if (!training) {  // saved running stats; fold eps here so that eval forward does no extra work
-    const auto stats = stats_dtype(input.scalar_type());
-    mean = mean.to(stats);
-    invstd = (invstd.to(stats) + ctx->saved_data["eps"].toDouble()).rsqrt();
-  }
-  // needs_input_grad counts only the tensor arguments that were given: without a weight, the
-  // bias is the second.
-  const size_t bias_edge = weight.defined() ? 2 : 1;
-  const std::array<bool, 3> mask = {
-      ctx->needs_input_grad(0), weight.defined() && ctx->needs_input_grad(1),
-      ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(bias_edge)};
-  variable_list grads(num_args);  // sized once: a small call feels every allocation
-  if (!grad_output.defined()) return grads;
-  // Under create_graph (grad mode on) this dispatches through autograd to BackwardFunction
-  // below, which makes a second differentiation fail loudly instead of silently; otherwise it
-  // goes straight to the device kernel (about 1 µs less per call).
-  std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
-  if (!at::GradMode::is_enabled()) below_autograd.emplace();
-  auto [dx, dw, db] = backward_op().call(grad_output, input, optional_of(weight), mean, invstd,
-                                         training, mask);
-  grads[0] = undefined_if_empty_mask(dx, mask[0]);
-  grads[1] = undefined_if_empty_mask(dw, mask[1]);
-  grads[2] = undefined_if_empty_mask(db, mask[2]);
-  return grads;
-}
+SavedVariable saved(const at::Tensor& t) { return SavedVariable(t, /*is_output=*/false); }
 
-struct TrainFunction : public torch::autograd::Function<TrainFunction> {
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& input,
-                               const OptTensor& weight, const OptTensor& bias,
-                               const OptTensor& running_mean, const OptTensor& running_var,
-                               const OptTensor& num_batches_tracked,
-                               std::optional<double> momentum, double eps) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    auto [y, mean, invstd] = train_op().call(input, weight, bias, running_mean, running_var,
-                                             num_batches_tracked, momentum, eps);
-    bump_versions({&running_mean, &running_var, &num_batches_tracked});
-    ctx->save_for_backward({input, weight.value_or(at::Tensor()), mean, invstd});
-    ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
-    ctx->mark_non_differentiable({mean, invstd});
-    // The saved statistics never get a gradient: no zero tensors materialized for them.
-    ctx->set_materialize_grads(false);
-    return {y, mean, invstd};
+// The backward of both forwards. Next edges: input, weight, bias (an absent or frozen one has an
+// invalid edge, and task_should_compute_output says so). Saved: the input and weight, and the
+// statistics the forward normalized with: the batch's mean and invstd in training, the running
+// mean and variance (with eps) in eval, whose invstd is computed here so that the eval forward
+// does no extra work.
+struct BatchNormBackward final : Node {
+  SavedVariable input_, weight_, mean_, invstd_;
+  bool training_ = true;
+  double eps_ = 0;  // eval only
+
+  std::string name() const override {
+    return training_ ? "fastbn::BatchNormBackward" : "fastbn::BatchNormEvalBackward";
   }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    return run_backward(ctx, grads[0], /*training=*/true, /*num_args=*/8);
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    input_.reset_data();
+    weight_.reset_data();
+    mean_.reset_data();
+    invstd_.reset_data();
+  }
+
+  variable_list apply(variable_list&& grads) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    variable_list out(3);
+    const at::Tensor& grad_output = grads[0];
+    const std::array<bool, 3> mask = {task_should_compute_output(0), task_should_compute_output(1),
+                                      task_should_compute_output(2)};
+    if (!grad_output.defined() || !(mask[0] || mask[1] || mask[2])) return out;
+    const at::Tensor input = input_.unpack();
+    at::Tensor mean = mean_.unpack(), invstd = invstd_.unpack();
+    if (!training_) {
+      const auto stats = stats_dtype(input.scalar_type());
+      mean = mean.to(stats);
+      invstd = (invstd.to(stats) + eps_).rsqrt();
+    }
+    // Under create_graph (grad mode on) this dispatches through autograd (backward_autograd),
+    // which makes a second differentiation fail loudly instead of silently; otherwise it goes
+    // straight to the device kernel (about 1 µs less per call).
+    std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
+    if (!at::GradMode::is_enabled()) below_autograd.emplace();
+    auto [dx, dw, db] = backward_op().call(grad_output, input, optional_of(weight_.unpack()),
+                                           mean, invstd, training_, mask);
+    if (mask[0]) out[0] = std::move(dx);  // masked-out outputs come back empty: left undefined
+    if (mask[1]) out[1] = std::move(dw);
+    if (mask[2]) out[2] = std::move(db);
+    return out;
   }
 };
 
-struct EvalFunction : public torch::autograd::Function<EvalFunction> {
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& input,
-                               const OptTensor& weight, const OptTensor& bias,
-                               const at::Tensor& running_mean, const at::Tensor& running_var,
-                               double eps) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    at::Tensor y = eval_op().call(input, weight, bias, running_mean, running_var, eps);
-    ctx->save_for_backward({input, weight.value_or(at::Tensor()), running_mean, running_var});
-    ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
-    ctx->saved_data["eps"] = eps;
-    return {y};
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    return run_backward(ctx, grads[0], /*training=*/false, /*num_args=*/6);
-  }
-};
-
-// Only reached when a graph of the backward was requested (create_graph=True).
-struct BackwardFunction : public torch::autograd::Function<BackwardFunction> {
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& grad_output,
-                               const at::Tensor& input, const OptTensor& weight,
-                               const at::Tensor& mean, const at::Tensor& invstd, bool training,
-                               std::array<bool, 3> mask) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    auto [dx, dw, db] = backward_op().call(grad_output, input, weight, mean, invstd, training, mask);
-    return {dx, dw, db};
-  }
-
-  static variable_list backward(AutogradContext*, variable_list) {
+// Output of the backward op when its own graph was requested (create_graph=True).
+struct DoubleBackwardUnsupported final : Node {
+  std::string name() const override { return "fastbn::BatchNormDoubleBackward"; }
+  variable_list apply(variable_list&&) override {
     TORCH_CHECK(false, "fastbn: double backward (the gradient of batch norm's gradient) is not "
                 "supported; use torch.nn.BatchNorm for second-order derivatives");
   }
 };
 
-}  // namespace
-}  // namespace fastbn
-
-// CppNode<F>::apply as torch 2.14 defines it (custom_function.h), but with the node's name
-// computed once per process: torch's passes name() to CppNode_apply_functional on every call
-// (for its error messages), and Node::name() demangles the type's name each time: about 4k
-// instructions, a tenth of what a kilobyte-sized backward executes in the autograd engine.
-// Explicit specializations, so they must precede the first Function<F>::apply below; on a
-// torch upgrade, compare with its CppNode<T>::apply.
-#define FASTBN_CPP_NODE_APPLY(F)                                                              \
-  template <>                                                                                 \
-  torch::autograd::variable_list torch::autograd::CppNode<F>::apply(                          \
-      torch::autograd::variable_list&& inputs) {                                              \
-    std::lock_guard<std::mutex> lock(mutex_);                                                 \
-    static const std::string node_name = name();                                              \
-    return CppNode_apply_functional<F>(std::move(inputs), ctx_, is_variable_input_,           \
-                                       output_info_, node_name);                              \
-  }
-FASTBN_CPP_NODE_APPLY(fastbn::TrainFunction)
-FASTBN_CPP_NODE_APPLY(fastbn::EvalFunction)
-FASTBN_CPP_NODE_APPLY(fastbn::BackwardFunction)
-#undef FASTBN_CPP_NODE_APPLY
-
-namespace fastbn {
-namespace {
+// A BatchNormBackward whose edges lead to input, weight and bias; when none of them requires
+// grad (or grad mode is off), none: the forward then runs without recording a graph.
+c10::intrusive_ptr<BatchNormBackward> backward_node(const at::Tensor& input,
+                                                    const OptTensor& weight,
+                                                    const OptTensor& bias) {
+  if (!torch::autograd::compute_requires_grad(input, weight, bias)) return {};
+  auto node = c10::make_intrusive<BatchNormBackward>();
+  node->set_next_edges(torch::autograd::collect_next_edges(input, weight, bias));
+  node->input_ = saved(input);
+  node->weight_ = saved(weight.value_or(at::Tensor()));
+  return node;
+}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> train_autograd(
     const at::Tensor& input, const OptTensor& weight, const OptTensor& bias,
@@ -182,16 +134,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> train_autograd(
   check_forward_args(input, weight, bias, running_mean, running_var, num_batches_tracked,
                      /*training=*/true, /*cumulative=*/!momentum.has_value());
   check_no_forward_ad(input, weight, bias);
-  if (!needs_graph(input, weight, bias)) {
+  const auto node = backward_node(input, weight, bias);
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> out;
+  {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto out = train_op().call(input, weight, bias, running_mean, running_var,
-                               num_batches_tracked, momentum, eps);
-    bump_versions({&running_mean, &running_var, &num_batches_tracked});
-    return out;
+    out = train_op().call(input, weight, bias, running_mean, running_var, num_batches_tracked,
+                          momentum, eps);
   }
-  auto out = TrainFunction::apply(input, weight, bias, running_mean, running_var,
-                                  num_batches_tracked, momentum, eps);
-  return {out[0], out[1], out[2]};
+  bump_versions({&running_mean, &running_var, &num_batches_tracked});
+  if (node) {
+    auto& [y, mean, invstd] = out;  // the statistics are not differentiable: no history
+    node->mean_ = saved(mean);
+    node->invstd_ = saved(invstd);
+    torch::autograd::set_history(y, node);
+  }
+  return out;
 }
 
 at::Tensor eval_autograd(const at::Tensor& input, const OptTensor& weight, const OptTensor& bias,
@@ -200,18 +157,40 @@ at::Tensor eval_autograd(const at::Tensor& input, const OptTensor& weight, const
   check_forward_args(input, weight, bias, running_mean, running_var, std::nullopt,
                      /*training=*/false, /*cumulative=*/false);
   check_no_forward_ad(input, weight, bias);
-  if (!needs_graph(input, weight, bias)) {
+  const auto node = backward_node(input, weight, bias);
+  at::Tensor y;
+  {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return eval_op().call(input, weight, bias, running_mean, running_var, eps);
+    y = eval_op().call(input, weight, bias, running_mean, running_var, eps);
   }
-  return EvalFunction::apply(input, weight, bias, running_mean, running_var, eps)[0];
+  if (node) {
+    node->training_ = false;
+    node->eps_ = eps;
+    node->mean_ = saved(running_mean);
+    node->invstd_ = saved(running_var);
+    torch::autograd::set_history(y, node);
+  }
+  return y;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_autograd(
     const at::Tensor& grad_output, const at::Tensor& input, const OptTensor& weight,
     const at::Tensor& mean, const at::Tensor& invstd, bool training, std::array<bool, 3> mask) {
-  auto out = BackwardFunction::apply(grad_output, input, weight, mean, invstd, training, mask);
-  return {out[0], out[1], out[2]};
+  const bool graph =
+      torch::autograd::compute_requires_grad(grad_output, input, weight, mean, invstd);
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> out;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    out = backward_op().call(grad_output, input, weight, mean, invstd, training, mask);
+  }
+  if (graph) {
+    auto node = c10::make_intrusive<DoubleBackwardUnsupported>();
+    node->set_next_edges(
+        torch::autograd::collect_next_edges(grad_output, input, weight, mean, invstd));
+    auto& [dx, dw, db] = out;
+    for (at::Tensor* t : {&dx, &dw, &db}) torch::autograd::set_history(*t, node);
+  }
+  return out;
 }
 
 }  // namespace
