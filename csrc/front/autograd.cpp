@@ -4,10 +4,11 @@
 //
 // The graph nodes are built as torch's generated autograd kernels build theirs (a Node with
 // SavedVariables, edges from collect_next_edges, the output's history from set_history), not
-// through torch::autograd::Function: its CppNode keeps an AutogradContext (saved data in a
-// string-keyed map, sets of dirty and non-differentiable outputs, output metadata) that cost a
-// training forward about 8 µs of its 15 on a kilobyte input, and about 35 µs when the call
-// finds the caches flushed by the kernel before it (as every call in a network does).
+// through torch::autograd::Function, whose CppNode keeps an AutogradContext (saved data in a
+// string-keyed map, sets of dirty and non-differentiable outputs, output metadata). On a
+// kilobyte input a training forward that records a graph took 15 µs that way and takes 11 now
+// (7 without a graph); after a 4 MiB copy_ has flushed the caches, as the kernels before it do
+// in a network, 67 µs and 57.
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
 #include <torch/csrc/autograd/function.h>
