@@ -4,7 +4,9 @@ contiguous maps short enough to go by spans), seen exactly in their rounding.
 The normalize pass computes y = x·scale + (shift − center·scale) (folded) when every
 channel's |center|·invstd ≤ 4, else (x − center)·scale + shift (centred); see FoldCheck in
 csrc/cpu/batch_norm_cpu.cpp. Channels_last folds in training and eval; spans fold in eval only
-(in training the check would come after each block's output is written). Both are accurate enough to pass the error bounds of
+(in training the check would come after each block's output is written). The contiguous case
+goes by spans whatever the vector width (the choice depends on the shape only, and its eval
+folds where the rows path never would); its training case guards the centred form there. Both are accurate enough to pass the error bounds of
 test_modules.py, so those tests cannot tell which one ran. Here each form is emulated in
 float64 from the float32 parameters the kernel uses, rounded to float32 once per operation
 the kernel rounds (an FMA is one rounding; the baseline kernel table has none), and the

@@ -174,6 +174,50 @@ def test_gradients_of_the_parameters_that_require_them(fb, gen, training, weight
         torch.testing.assert_close(g, e)
 
 
+@pytest.mark.parametrize("training, name", [(True, "fastbn::BatchNormBackward"),
+                                            (False, "fastbn::BatchNormEvalBackward")])
+def test_node_creation_hook_sees_the_node(fb, gen, training, name):
+    """torch.autograd.graph.node_creation_hook fires for fastbn's node, as for torch's."""
+    m = fb.BatchNorm2d(3).train(training)
+    x = torch.randn(2, 3, 4, 4, generator=gen, requires_grad=True)
+    seen = []
+    with torch.autograd.graph.node_creation_hook(lambda node: seen.append(node.name())):
+        m(x)
+    assert name in seen
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("which", ["running_mean", "running_var"])
+def test_running_stats_that_require_grad_are_refused(fb, gen, training, which):
+    """As torch: batch norm is not differentiable in its running statistics; refused before
+    they change."""
+    x = torch.randn(4, 3, 5, generator=gen, requires_grad=True)
+    stats = {"running_mean": torch.zeros(3), "running_var": torch.ones(3)}
+    stats[which].requires_grad_()
+    before = {k: v.detach().clone() for k, v in stats.items()}
+    with pytest.raises(RuntimeError, match=f"not differentiable with respect to {which}"):
+        fb.functional.batch_norm(x, stats["running_mean"], stats["running_var"], training=training)
+    for k, v in stats.items():
+        assert torch.equal(v.detach(), before[k])
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_func_vjp_matches_torch(fb, gen, training):
+    """torch.func.vjp through the functional gives torch's gradients."""
+    x = torch.randn(4, 3, 5, dtype=torch.float64, generator=gen)
+    w = torch.randn(3, dtype=torch.float64, generator=gen)
+    b = torch.randn(3, dtype=torch.float64, generator=gen)
+    dy = torch.randn(4, 3, 5, dtype=torch.float64, generator=gen)
+    rm, rv = torch.randn(3, dtype=torch.float64, generator=gen), torch.rand(3, dtype=torch.float64) + 0.5
+    grads = {}
+    for lib, fn in (("fastbn", fb.functional.batch_norm), ("torch", torch.nn.functional.batch_norm)):
+        stats = (rm.clone(), rv.clone())
+        _, vjp = torch.func.vjp(lambda x, w, b: fn(x, *stats, w, b, training), x, w, b)
+        grads[lib] = vjp(dy)
+    for g, e in zip(grads["fastbn"], grads["torch"]):
+        torch.testing.assert_close(g, e)
+
+
 def test_backward_twice_without_retain_graph_raises(fb, gen):
     """The saved tensors are released after the first backward, as torch.nn's are."""
     x = torch.randn(2, 3, 4, 4, generator=gen, requires_grad=True)

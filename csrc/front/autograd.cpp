@@ -8,7 +8,8 @@
 // string-keyed map, sets of dirty and non-differentiable outputs, output metadata). On a
 // kilobyte input a training forward that records a graph took 15 µs that way and takes 11 now
 // (7 without a graph); after a 4 MiB copy_ has flushed the caches, as the kernels before it do
-// in a network, 67 µs and 57.
+// in a network, 67 µs and 57. The nodes do not implement compiled autograd
+// (torch._dynamo.compiled_autograd raises "compiled_args not implemented" for them).
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
 #include <torch/csrc/autograd/function.h>
@@ -20,6 +21,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <utility>
 
 #include "front/checks.h"
 #include "front/op_handles.h"
@@ -114,11 +116,20 @@ struct DoubleBackwardUnsupported final : Node {
 };
 
 // A BatchNormBackward whose edges lead to input, weight and bias; when none of them requires
-// grad (or grad mode is off), none: the forward then runs without recording a graph.
+// grad (or grad mode is off), none: the forward then runs without recording a graph. The
+// running statistics get no edge: one that requires grad is refused, as torch refuses it,
+// before the forward changes anything.
 c10::intrusive_ptr<BatchNormBackward> backward_node(const at::Tensor& input,
                                                     const OptTensor& weight,
-                                                    const OptTensor& bias) {
+                                                    const OptTensor& bias,
+                                                    const OptTensor& running_mean,
+                                                    const OptTensor& running_var) {
   if (!torch::autograd::compute_requires_grad(input, weight, bias)) return {};
+  for (const auto& [t, name] : {std::pair{&running_mean, "running_mean"},
+                                std::pair{&running_var, "running_var"}})
+    TORCH_CHECK(!(t->has_value() && (*t)->defined() && (*t)->requires_grad()),
+                "fastbn: batch norm is not differentiable with respect to ", name,
+                "; it cannot have requires_grad=True");
   auto node = c10::make_intrusive<BatchNormBackward>();
   node->set_next_edges(torch::autograd::collect_next_edges(input, weight, bias));
   node->input_ = saved(input);
@@ -135,7 +146,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> train_autograd(
   check_forward_args(input, weight, bias, running_mean, running_var, num_batches_tracked,
                      /*training=*/true, /*cumulative=*/!momentum.has_value());
   check_no_forward_ad(input, weight, bias);
-  const auto node = backward_node(input, weight, bias);
+  const auto node = backward_node(input, weight, bias, running_mean, running_var);
   std::tuple<at::Tensor, at::Tensor, at::Tensor> out;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
@@ -148,6 +159,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> train_autograd(
     node->mean_ = saved(mean);
     node->invstd_ = saved(invstd);
     torch::autograd::set_history(y, node);
+    torch::autograd::fire_node_creation_hooks(node);
   }
   return out;
 }
@@ -158,7 +170,7 @@ at::Tensor eval_autograd(const at::Tensor& input, const OptTensor& weight, const
   check_forward_args(input, weight, bias, running_mean, running_var, std::nullopt,
                      /*training=*/false, /*cumulative=*/false);
   check_no_forward_ad(input, weight, bias);
-  const auto node = backward_node(input, weight, bias);
+  const auto node = backward_node(input, weight, bias, running_mean, running_var);
   at::Tensor y;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
@@ -170,6 +182,7 @@ at::Tensor eval_autograd(const at::Tensor& input, const OptTensor& weight, const
     node->mean_ = saved(running_mean);
     node->invstd_ = saved(running_var);
     torch::autograd::set_history(y, node);
+    torch::autograd::fire_node_creation_hooks(node);
   }
   return y;
 }
@@ -190,6 +203,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_autograd(
         torch::autograd::collect_next_edges(grad_output, input, weight, mean, invstd));
     auto& [dx, dw, db] = out;
     for (at::Tensor* t : {&dx, &dw, &db}) torch::autograd::set_history(*t, node);
+    torch::autograd::fire_node_creation_hooks(node);
   }
   return out;
 }
