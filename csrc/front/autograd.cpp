@@ -115,6 +115,13 @@ struct DoubleBackwardUnsupported final : Node {
   }
 };
 
+// Makes node the grad_fn of the outputs, then runs the node_creation_hook callbacks (which
+// set_history does not run).
+void attach(const c10::intrusive_ptr<Node>& node, std::initializer_list<at::Tensor*> outputs) {
+  for (at::Tensor* t : outputs) torch::autograd::set_history(*t, node);
+  torch::autograd::fire_node_creation_hooks(node);
+}
+
 // A BatchNormBackward whose edges lead to input, weight and bias; when none of them requires
 // grad (or grad mode is off), none: the forward then runs without recording a graph. The
 // running statistics get no edge: one that requires grad is refused, as torch refuses it,
@@ -158,8 +165,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> train_autograd(
     auto& [y, mean, invstd] = out;  // the statistics are not differentiable: no history
     node->mean_ = saved(mean);
     node->invstd_ = saved(invstd);
-    torch::autograd::set_history(y, node);
-    torch::autograd::fire_node_creation_hooks(node);
+    attach(node, {&y});
   }
   return out;
 }
@@ -181,8 +187,7 @@ at::Tensor eval_autograd(const at::Tensor& input, const OptTensor& weight, const
     node->eps_ = eps;
     node->mean_ = saved(running_mean);
     node->invstd_ = saved(running_var);
-    torch::autograd::set_history(y, node);
-    torch::autograd::fire_node_creation_hooks(node);
+    attach(node, {&y});
   }
   return y;
 }
@@ -202,8 +207,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_autograd(
     node->set_next_edges(
         torch::autograd::collect_next_edges(grad_output, input, weight, mean, invstd));
     auto& [dx, dw, db] = out;
-    for (at::Tensor* t : {&dx, &dw, &db}) torch::autograd::set_history(*t, node);
-    torch::autograd::fire_node_creation_hooks(node);
+    attach(node, {&dx, &dw, &db});
   }
   return out;
 }
