@@ -8,13 +8,14 @@
 // string-keyed map, sets of dirty and non-differentiable outputs, output metadata). On a
 // kilobyte input a training forward that records a graph took 15 µs that way and takes 11 now
 // (7 without a graph); after a 4 MiB copy_ has flushed the caches, as the kernels before it do
-// in a network, 67 µs and 57. The nodes do not implement compiled autograd
-// (torch._dynamo.compiled_autograd raises "compiled_args not implemented" for them).
+// in a network, 67 µs and 57. Under compiled autograd the backward node is traced as a call
+// of its functional form (apply_with_saved), which runs the same op on the tracer's tensors.
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/csrc/autograd/saved_variable.h>
+#include <torch/csrc/dynamo/compiled_autograd.h>
 #include <torch/library.h>
 
 #include <array>
@@ -32,6 +33,10 @@ namespace {
 using torch::autograd::Node;
 using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
+using torch::dynamo::autograd::CompiledNodeArgs;
+using torch::dynamo::autograd::IValuePacker;
+using torch::dynamo::autograd::PackedArgs;
+using torch::dynamo::autograd::SwapSavedVariables;
 
 OptTensor optional_of(const at::Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
 
@@ -56,11 +61,61 @@ void bump_versions(std::initializer_list<const OptTensor*> mutated) {
 
 SavedVariable saved(const at::Tensor& t) { return SavedVariable(t, /*is_output=*/false); }
 
+// The gradients of either forward: training normalized with the batch's mean and invstd, eval
+// with the running mean and variance (and eps), whose invstd is computed here so that the eval
+// forward does no extra work. Outputs masked out are left undefined.
+variable_list batch_norm_grads(const at::Tensor& grad_output, const at::Tensor& input,
+                               const at::Tensor& weight, at::Tensor mean, at::Tensor invstd,
+                               bool training, double eps, std::array<bool, 3> mask) {
+  variable_list out(3);
+  if (!grad_output.defined() || !(mask[0] || mask[1] || mask[2])) return out;
+  if (!training) {
+    const auto stats = stats_dtype(input.scalar_type());
+    mean = mean.to(stats);
+    invstd = (invstd.to(stats) + eps).rsqrt();
+  }
+  // Under create_graph (grad mode on) this dispatches through autograd (backward_autograd),
+  // which makes a second differentiation fail loudly instead of silently; otherwise it goes
+  // straight to the device kernel (about 1 µs less per call).
+  std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
+  if (!at::GradMode::is_enabled()) below_autograd.emplace();
+  auto [dx, dw, db] = backward_op().call(grad_output, input, optional_of(weight), mean, invstd,
+                                         training, mask);
+  if (mask[0]) out[0] = std::move(dx);  // masked-out outputs come back empty: left undefined
+  if (mask[1]) out[1] = std::move(dw);
+  if (mask[2]) out[2] = std::move(db);
+  return out;
+}
+
+// The node's arguments to batch_norm_grads as compiled autograd passes them to the traced call
+// (PackedArgs), with the schema that converts them back from Python.
+struct GradsArgs {
+  PackedArgs packed;
+  std::vector<at::TypePtr> schema;
+  template <typename T>
+  void add(const T& value) {
+    packed.pack(value);
+    schema.push_back(IValuePacker<T>::packed_type());
+  }
+};
+
+variable_list batch_norm_grads_packed(const variable_list& grads, const std::vector<c10::IValue>& args) {
+  PackedArgs packed(args);
+  const auto input = packed.unpack<at::Tensor>();
+  const auto weight = packed.unpack<std::optional<at::Tensor>>();
+  auto mean = packed.unpack<at::Tensor>();
+  auto invstd = packed.unpack<at::Tensor>();
+  const auto training = packed.unpack<bool>();
+  const auto eps = packed.unpack<double>();
+  const auto mask = packed.unpack<std::array<bool, 3>>();
+  return batch_norm_grads(grads[0], input, weight.value_or(at::Tensor()), std::move(mean),
+                          std::move(invstd), training, eps, mask);
+}
+
 // The backward of both forwards. Next edges: input, weight, bias (an absent or frozen one has an
 // invalid edge, and task_should_compute_output says so). Saved: the input and weight, and the
 // statistics the forward normalized with: the batch's mean and invstd in training, the running
-// mean and variance (with eps) in eval, whose invstd is computed here so that the eval forward
-// does no extra work.
+// mean and variance (with eps) in eval.
 struct BatchNormBackward final : Node {
   SavedVariable input_, weight_, mean_, invstd_;
   bool training_ = true;
@@ -78,31 +133,54 @@ struct BatchNormBackward final : Node {
     invstd_.reset_data();
   }
 
+  std::array<bool, 3> mask() const {
+    return {task_should_compute_output(0), task_should_compute_output(1),
+            task_should_compute_output(2)};
+  }
+
   variable_list apply(variable_list&& grads) override {
     std::lock_guard<std::mutex> lock(mutex_);
-    variable_list out(3);
-    const at::Tensor& grad_output = grads[0];
-    const std::array<bool, 3> mask = {task_should_compute_output(0), task_should_compute_output(1),
-                                      task_should_compute_output(2)};
-    if (!grad_output.defined() || !(mask[0] || mask[1] || mask[2])) return out;
-    const at::Tensor input = input_.unpack();
-    at::Tensor mean = mean_.unpack(), invstd = invstd_.unpack();
-    if (!training_) {
-      const auto stats = stats_dtype(input.scalar_type());
-      mean = mean.to(stats);
-      invstd = (invstd.to(stats) + eps_).rsqrt();
-    }
-    // Under create_graph (grad mode on) this dispatches through autograd (backward_autograd),
-    // which makes a second differentiation fail loudly instead of silently; otherwise it goes
-    // straight to the device kernel (about 1 µs less per call).
-    std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
-    if (!at::GradMode::is_enabled()) below_autograd.emplace();
-    auto [dx, dw, db] = backward_op().call(grad_output, input, optional_of(weight_.unpack()),
-                                           mean, invstd, training_, mask);
-    if (mask[0]) out[0] = std::move(dx);  // masked-out outputs come back empty: left undefined
-    if (mask[1]) out[1] = std::move(dw);
-    if (mask[2]) out[2] = std::move(db);
-    return out;
+    return batch_norm_grads(grads[0], input_.unpack(), weight_.unpack(), mean_.unpack(),
+                            invstd_.unpack(), training_, eps_, mask());
+  }
+
+  // Compiled autograd: what keys the compiled graph (the saved tensors' metadata, the mode) ...
+  void compiled_args(CompiledNodeArgs& args) const override {
+    args.collect(input_, /*is_output=*/false);
+    args.collect(weight_, /*is_output=*/false);
+    args.collect(mean_, /*is_output=*/false);
+    args.collect(invstd_, /*is_output=*/false);
+    args.collect(training_);
+    args.collect(eps_);
+  }
+
+  // ... and the node as a call in that graph: batch_norm_grads on the tracer's stand-ins for the
+  // saved tensors. It is traceable (the backward op has a fake kernel), so the graph's compiler
+  // sees fastbn::batch_norm_backward itself.
+  variable_list apply_with_saved(const variable_list& grads, SwapSavedVariables& saved) override {
+    for (SavedVariable* v : {&input_, &weight_, &mean_, &invstd_}) saved.before(*v);
+    GradsArgs args;
+    args.add(input_.unpack());
+    args.add(optional_of(weight_.unpack()));
+    args.add(mean_.unpack());
+    args.add(invstd_.unpack());
+    args.add(training_);
+    args.add(eps_);
+    args.add(mask());
+    const auto& compiler = torch::dynamo::autograd::getPyCompilerInterface();
+    // (Named as a Python identifier: it becomes an attribute of compiled autograd's op namespace.)
+    const auto fn_name = compiler->bind_function(saved.get_py_compiler(),
+                                                 training_ ? "fastbn_batch_norm_backward"
+                                                           : "fastbn_batch_norm_eval_backward",
+                                                 batch_norm_grads_packed, args.schema,
+                                                 /*is_custom_function=*/true,
+                                                 /*is_traceable=*/true);
+    const auto output_metadata = IValuePacker<std::vector<std::optional<torch::autograd::InputMetadata>>>::pack(
+        torch::dynamo::autograd::get_input_metadata(next_edges()));
+    auto results = compiler->call_function(saved.get_py_compiler(), "apply_functional", fn_name,
+                                           grads, std::move(args.packed).vec(), output_metadata);
+    for (SavedVariable* v : {&input_, &weight_, &mean_, &invstd_}) saved.after(*v);
+    return results;
   }
 };
 
