@@ -14,7 +14,7 @@ bool is_supported_dtype(at::ScalarType t) {
 
 bool is_half_type(at::ScalarType t) { return t == at::kHalf || t == at::kBFloat16; }
 
-std::string torch_size(at::IntArrayRef sizes) {
+std::string torch_size(c10::SymIntArrayRef sizes) {
   std::ostringstream out;
   out << "torch.Size([";
   for (size_t i = 0; i < sizes.size(); ++i) out << (i ? ", " : "") << sizes[i];
@@ -38,12 +38,17 @@ void check_input(const at::Tensor& input) {
 
 // Per-channel parameters and statistics: (C,), on the input's device, all of one dtype which is
 // the input's, or float32 for half input (the mixed case autocast produces).
+//
+// The forward checks also run in the autograd kernels, which torch.compile and torch.export
+// trace with symbolic shapes: sizes are read as SymInts there (sym_size), since sizes() would
+// specialize every dimension, the batch included, to the traced example's value.
 void check_per_channel(const at::Tensor& input, const OptTensor& t, const char* name,
                        std::optional<at::ScalarType>& param_dtype) {
   if (!t.has_value() || !t->defined()) return;
-  const int64_t C = input.size(1);
-  TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == C, "fastbn: ", name, " should have shape (", C,
-                    ",) to match the ", C, " channels of the input, got ", torch_size(t->sizes()));
+  const c10::SymInt C = input.sym_size(1);
+  TORCH_CHECK_VALUE(t->dim() == 1 && t->sym_size(0) == C, "fastbn: ", name, " should have shape (",
+                    C, ",) to match the ", C, " channels of the input, got ",
+                    torch_size(t->sym_sizes()));
   TORCH_CHECK(t->device() == input.device(), "fastbn: ", name, " is on ", t->device(),
               " but the input is on ", input.device());
   const auto dtype = t->scalar_type();
@@ -80,26 +85,26 @@ void check_forward_args(const at::Tensor& input, const OptTensor& weight, const 
     const auto& nbt = *num_batches_tracked;
     TORCH_CHECK(nbt.numel() == 1 && nbt.scalar_type() == at::kLong,
                 "fastbn: num_batches_tracked must be a one-element int64 tensor, got ",
-                nbt.scalar_type(), " of shape ", torch_size(nbt.sizes()));
+                nbt.scalar_type(), " of shape ", torch_size(nbt.sym_sizes()));
     TORCH_CHECK(nbt.device() == input.device(), "fastbn: num_batches_tracked is on ", nbt.device(),
                 " but the input is on ", input.device());
   } else {
     TORCH_CHECK_VALUE(!(cumulative && has_mean), "fastbn: momentum=None (cumulative moving "
                       "average) needs num_batches_tracked");
   }
-  int64_t per_channel = input.size(0);
-  for (int64_t d = 2; d < input.dim(); ++d) per_channel *= input.size(d);
+  c10::SymInt per_channel = input.sym_size(0);
+  for (int64_t d = 2; d < input.dim(); ++d) per_channel *= input.sym_size(d);
   TORCH_CHECK_VALUE(per_channel != 1, "Expected more than 1 value per channel when training, got "
-                    "input size ", torch_size(input.sizes()));
+                    "input size ", torch_size(input.sym_sizes()));
 }
 
 void check_backward_args(const at::Tensor& grad_output, const at::Tensor& input,
                          const OptTensor& weight, const at::Tensor& mean,
                          const at::Tensor& invstd) {
   check_input(input);
-  TORCH_CHECK_VALUE(grad_output.sizes() == input.sizes(), "fastbn: grad_output has shape ",
-                    torch_size(grad_output.sizes()), " but the input has shape ",
-                    torch_size(input.sizes()));
+  TORCH_CHECK_VALUE(grad_output.sym_sizes() == input.sym_sizes(), "fastbn: grad_output has shape ",
+                    torch_size(grad_output.sym_sizes()), " but the input has shape ",
+                    torch_size(input.sym_sizes()));
   TORCH_CHECK(grad_output.scalar_type() == input.scalar_type() &&
                   grad_output.device() == input.device(),
               "fastbn: grad_output must have the input's dtype and device");
