@@ -16,10 +16,21 @@ def _member(module, table, name):
     return getattr(module, name) if value is _MISSING else value
 
 
+def _call_module_node(module, proxy):
+    """What torch.fx.symbolic_trace records for torch.nn's BatchNorm, a leaf module: a
+    call_module node, so that the traced GraphModule's .train()/.eval() still switch the mode.
+    FX takes only modules defined in torch.nn as leaves and traces into fastbn's forward, whose
+    graph would fix the mode at trace time (and whose rank check would branch on a Proxy)."""
+    tracer = proxy.tracer
+    return tracer.create_proxy("call_module", tracer.path_of_module(module), (proxy,), {})
+
+
 class _FastBatchNorm:
     """Mixin overriding torch.nn.modules.batchnorm._BatchNorm.forward."""
 
     def forward(self, input):
+        if isinstance(input, torch.fx.Proxy):
+            return _call_module_node(self, input)
         self._check_input_dim(input)
         params, buffers = self._parameters, self._buffers
         running_mean = _member(self, buffers, "running_mean")
