@@ -26,7 +26,8 @@
 //   moments merged per channel in band order behind a barrier; each thread then normalizes
 //   its own bands, last read first, so that the second read of X finds the most recently
 //   reduced bands still in L2/L3.
-// Outputs larger than the cache can hold are written with non-temporal stores (stream_output).
+// Outputs of passes whose tensors the cache cannot hold are written with non-temporal stores
+// (stream_output).
 // The decomposition into pieces and bands never depends on the thread count or the path, so
 // results are identical run to run, for any number of threads.
 #include "cpu/batch_norm_cpu.h"
@@ -103,8 +104,8 @@ constexpr VisitRule kSampleOrderVisits{512, 2048};
 constexpr int64_t kPairedMinSamples = 32;
 // Below this many bytes of input a call runs on the calling thread.
 constexpr int64_t kSerialBytes = 192 * 1024;
-// Largest output written through the cache (see stream_output).
-constexpr int64_t kStreamCapBytes = int64_t(32) << 20;
+// Largest working set of a pass that writes its output through the cache (see stream_output).
+constexpr int64_t kCacheCapBytes = int64_t(64) << 20;
 
 // c10 storage type → kernel storage type.
 template <typename T> struct KType { using type = T; };
@@ -245,19 +246,23 @@ int64_t last_level_cache_bytes() {
   return 0;
 }
 
-// Outputs larger than half the last-level cache, or than kStreamCapBytes, are written with
-// non-temporal stores: they cannot stay in the cache anyway, and plain stores would first read
-// every line and evict the input the pass after the reduction re-reads. The cap is there
-// because a virtual machine reports its host's whole L3 (480 MiB on one development machine)
-// while its own share is far smaller: there copy_ slows from L3 to DRAM speed between 32 and
-// 64 MiB, and streaming a 49 MiB output made the NCHW forward 30-35% faster (a 24.5 MiB
-// one 10-20% slower).
-bool stream_output(const Layout& L, int64_t bytes_per_elem) {
+// A pass whose tensors (`tensors` of them of the input's size: input and output for the
+// forwards, input, grad_output and grad_input for the backward) take more than the last-level
+// cache, or than kCacheCapBytes, writes its output with non-temporal stores: the output
+// cannot stay in the cache anyway, and plain stores would first read every line and evict the
+// input the pass after the reduction re-reads. The cap is there because a virtual machine
+// reports its host's whole L3 (480 MiB on one development machine) while its own share is far
+// smaller: there copy_ slows from L3 to DRAM speed between a 32 and a 64 MiB working set, and
+// streaming a 49 MiB output made the NCHW forward 30-35% faster (a 24.5 MiB one, whose pass
+// touches 49 MiB, 10-20% slower). A 24.5 MiB backward touches 73.5 MiB: streaming its grad_input
+// made forward+backward 4-14% faster there (float32 32×64×56×56 and 16×512×28×28,
+// bfloat16/float16 16×64×112×112 and 16×256×56×56, both layouts; the backward alone 0.88-1.08×).
+bool stream_output(const Layout& L, int64_t bytes_per_elem, int tensors) {
   static const int64_t threshold = [] {
     const int64_t llc = last_level_cache_bytes();
-    return llc > 0 ? std::min(llc / 2, kStreamCapBytes) : kStreamCapBytes / 2;
+    return llc > 0 ? std::min(llc, kCacheCapBytes) : kCacheCapBytes / 2;
   }();
-  return L.numel() * bytes_per_elem >= threshold;
+  return tensors * L.numel() * bytes_per_elem >= threshold;
 }
 
 bool is_serial(const Layout& L, int64_t bytes_per_elem) {
@@ -496,7 +501,7 @@ void forward_train_impl(const TrainForwardArgs& a) {
           : running_factor<double>(a.cumulative, a.momentum,
                                    has_counter ? a.num_batches_tracked->data_ptr<int64_t>() : nullptr);
   const int64_t esize = sizeof(T);
-  const bool serial = is_serial(L, esize), stream = stream_output(L, esize);
+  const bool serial = is_serial(L, esize), stream = stream_output(L, esize, 2);
 
   // Statistics → saved stats, running stats, transform. Per channel, so threads own channels.
   // (Pointers fetched once: data_ptr's checks cost more than a small channel's arithmetic.)
@@ -662,7 +667,7 @@ void forward_eval_impl(const EvalForwardArgs& a) {
   const K* x = kptr<T>(a.input);
   K* y = kptr_mut<T>(a.output);
   if (L.numel() == 0) return;
-  const bool serial = is_serial(L, sizeof(T)), stream = stream_output(L, sizeof(T));
+  const bool serial = is_serial(L, sizeof(T)), stream = stream_output(L, sizeof(T), 2);
   if (L.channels_last) {
     elementwise(serial, L.per_channel(), L.C, [&](int64_t r0, int64_t r1) {
       kern.nsc_affine(x, y, {L.C, r0, r1, 0, L.C, stream}, t.centers(), t.scale,
@@ -704,7 +709,7 @@ void backward_impl(const BackwardArgs& a) {
   const bool want_sums = (a.training && dx) || a.grad_weight.defined() || a.grad_bias.defined();
   const double count = double(L.per_channel());
   const int64_t esize = sizeof(T);
-  const bool serial = is_serial(L, 2 * esize), stream = stream_output(L, esize);
+  const bool serial = is_serial(L, 2 * esize), stream = stream_output(L, esize, 3);
 
   // (Σdy, Σdy·(x − mean)) → dweight, dbias and the per-channel dx coefficients.
   P* const grad_weight = a.grad_weight.defined() ? a.grad_weight.data_ptr<P>() : nullptr;
