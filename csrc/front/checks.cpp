@@ -25,12 +25,15 @@ std::string torch_size(c10::SymIntArrayRef sizes) {
 void check_input(const at::Tensor& input) {
   TORCH_CHECK_VALUE(input.dim() >= 2, "fastbn: expected input of shape (N, C, ...) with at least 2 "
                     "dimensions, got ", input.dim(), "D input");
+  // Meta tensors (shape-only: deferred initialization, shape propagation) go to the fake
+  // kernels of fastbn/ops.py, which torch.library also registers as the Meta kernels.
 #ifdef FASTBN_WITH_CUDA
-  TORCH_CHECK(input.is_cpu() || input.is_cuda(), "fastbn: input on ", input.device(),
-              " is not supported (CPU and CUDA tensors)");
+  TORCH_CHECK(input.is_cpu() || input.is_cuda() || input.is_meta(), "fastbn: input on ",
+              input.device(), " is not supported (CPU and CUDA tensors)");
 #else
-  TORCH_CHECK(input.is_cpu(), "fastbn: input on ", input.device(), " is not supported: this "
-              "build of fastbn has only the CPU backend (see python -m fastbn.info)");
+  TORCH_CHECK(input.is_cpu() || input.is_meta(), "fastbn: input on ", input.device(),
+              " is not supported: this build of fastbn has only the CPU backend (see python -m "
+              "fastbn.info)");
 #endif
   TORCH_CHECK(is_supported_dtype(input.scalar_type()), "fastbn: input dtype ", input.scalar_type(),
               " is not supported (float32, float64, float16 or bfloat16)");
