@@ -86,9 +86,48 @@ def test_compiled_backward_traces_the_backward_op(fb, gen, training):
         torch._dynamo.reset()
 
 
+def test_one_compiler_across_modes_eps_and_masks(fb, gen):
+    """The compiled graph is cached by what compiled_args collects: a later backward that
+    differs only in the mode, in eps (eval) or in which inputs need a gradient must not
+    reuse a graph traced for another, so each must still equal eager's."""
+    torch._dynamo.reset()
+    try:
+        x = torch.randn(4, 5, 6, 7, generator=gen)
+        dy = torch.randn(4, 5, 6, 7, generator=gen)
+        # (eval with eps=0 keys like the training node but for the mode: the training node
+        # keeps eps 0, which only the eval backward uses)
+        cases = [(True, 1e-5, True), (False, 0.0, True), (False, 1e-5, True), (False, 0.5, True),
+                 (True, 1e-5, False), (False, 0.5, False)]
+        compiler = torch.compile(backend="eager", fullgraph=True)
+        for training, eps, input_grad in cases:
+            m = _module(fb, "affine", training)
+            m.eps = eps
+            with torch.no_grad():
+                m.running_var.uniform_(0.01, 0.1)  # eps matters next to these variances
+            grads = []
+            for ca in (None, compiler):
+                xi = x.detach().requires_grad_(input_grad)
+                m.zero_grad(set_to_none=True)
+                if ca is None:
+                    m(xi).backward(dy)
+                else:
+                    with compiled_autograd._enable(ca):
+                        m(xi).backward(dy)
+                grads.append([t.grad for t in (xi, m.weight, m.bias)])
+            expected, got = grads
+            assert (got[0] is None) == (not input_grad)
+            for g, e in zip(got, expected):
+                if e is not None:
+                    torch.testing.assert_close(g, e, rtol=0, atol=0)
+    finally:
+        torch._dynamo.reset()
+
+
 def test_compiled_training_step_with_compiled_autograd(fb, gen):
-    """torch.compile of a step that calls backward(), with compiled_autograd on: the same
-    gradients, running statistics and num_batches_tracked as the eager step."""
+    """torch.compile of a step that calls backward() with compiled_autograd on, the forward
+    left eager (so that the autograd graph holds fastbn's node rather than the compiled
+    forward's): the compiled backward graph calls the node's functional form, and gradients,
+    running statistics and num_batches_tracked equal the eager step's."""
     torch._dynamo.reset()
     try:
         def net():
@@ -97,19 +136,24 @@ def test_compiled_training_step_with_compiled_autograd(fb, gen):
                                        torch.nn.ReLU())
 
         eager, model = net(), net()
-        torch._dynamo.utils.counters.clear()
+        forward_left_eager = torch._dynamo.disable(model)
+        graphs = []
 
-        def step(module, x):
-            loss = module(x).square().sum()
+        def capture(gm, example_inputs):
+            graphs.append(gm.code)
+            return gm
+
+        def step(forward, x):
+            loss = forward(x).square().sum()
             loss.backward()
             return loss
 
         with torch._dynamo.config.patch(compiled_autograd=True):
-            compiled_step = torch.compile(step, backend="aot_eager")
+            compiled_step = torch.compile(step, backend=capture)
             for _ in range(2):
                 x = torch.randn(2, 3, 6, 6, generator=gen)
-                torch.testing.assert_close(compiled_step(model, x), step(eager, x))
-        assert torch._dynamo.utils.counters["compiled_autograd"]["captures"] > 0
+                torch.testing.assert_close(compiled_step(forward_left_eager, x), step(eager, x))
+        assert any("fastbn_batch_norm_backward" in code for code in graphs), graphs
         for (name, p), q in zip(model.named_parameters(), eager.parameters()):
             torch.testing.assert_close(p.grad, q.grad, msg=lambda s: f"{name}: {s}")
         bn, bn_eager = model[1], eager[1]
