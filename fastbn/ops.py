@@ -2,6 +2,8 @@
 
 The fake kernels give torch.compile / export the output shapes, dtypes and strides without
 running anything; they follow the same layout rule as the C++ front (csrc/front/checks.cpp).
+torch.library also registers them as the Meta kernels, so they run the C++ front's argument
+checks first: under inference mode nothing else checks a meta call.
 """
 import torch
 from torch._prims_common import suggest_memory_format
@@ -60,17 +62,21 @@ def batch_norm_backward(grad_output, input, weight, mean, invstd, training, outp
 
 @torch.library.register_fake("fastbn::batch_norm_train")
 def _(input, weight, bias, running_mean, running_var, num_batches_tracked, momentum, eps):
+    _C._check_forward_args(input, weight, bias, running_mean, running_var, num_batches_tracked,
+                           True, momentum is None)
     stats = input.new_empty((input.shape[1],), dtype=_stats_dtype(input.dtype))
     return torch.empty_like(_canonical(input)), stats, torch.empty_like(stats)
 
 
 @torch.library.register_fake("fastbn::batch_norm_eval")
 def _(input, weight, bias, running_mean, running_var, eps):
+    _C._check_forward_args(input, weight, bias, running_mean, running_var, None, False, False)
     return torch.empty_like(_canonical(input))
 
 
 @torch.library.register_fake("fastbn::batch_norm_backward")
 def _(grad_output, input, weight, mean, invstd, training, output_mask):
+    _C._check_backward_args(grad_output, input, weight, mean, invstd)
     param_dtype = weight.dtype if weight is not None else input.dtype
     channels = input.shape[1]
     return (torch.empty_like(_canonical(input)) if output_mask[0] else input.new_empty((0,)),

@@ -35,17 +35,37 @@ def test_meta_forward_backward_like_torch(fb, kind, channels_last, training):
                                                         expected.stride())
 
 
-def test_meta_checks_still_run(fb):
+@pytest.mark.parametrize("inference", [False, True], ids=["grad-mode", "inference-mode"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_meta_checks_still_run(fb, training, inference):
+    """The argument checks run on meta too, also under inference mode, where no autograd
+    kernel runs before the Meta kernel: a wrong channel count, one value per channel in
+    training, and a CPU input with the module's tensors left on meta (which would otherwise
+    come back as an uninitialized CPU tensor) raise."""
     with torch.device("meta"):
-        module = fb.BatchNorm2d(3)
-        x = torch.empty(4, 5, 6, 6)
-    with pytest.raises(ValueError, match="weight should have shape"):
-        module(x)
+        module = fb.BatchNorm2d(3).train(training)
+    bad = [(torch.empty(4, 5, 6, 6, device="meta"), ValueError, "weight should have shape"),
+           (torch.randn(4, 3, 6, 6), RuntimeError, "is on meta but the input is on cpu")]
+    if training:
+        bad.append((torch.empty(1, 3, 1, 1, device="meta"), ValueError, "more than 1 value"))
+    with torch.inference_mode(inference):
+        for x, error, match in bad:
+            with pytest.raises(error, match=match):
+                module(x)
+
+
+def test_meta_backward_op_checks(fb):
+    x = torch.empty(4, 3, 6, 6, device="meta")
+    stats = torch.empty(3, device="meta")
+    with pytest.raises(ValueError, match="grad_output has shape"):
+        fb.ops.batch_norm_backward(torch.empty(4, 3, 6, 5, device="meta"), x, None, stats, stats,
+                                   True, [True, True, True])
 
 
 def test_deferred_initialization(fb, gen):
     with torch.device("meta"):
         module = fb.BatchNorm2d(3)
+        assert module(torch.empty(4, 3, 5, 6)).shape == (4, 3, 5, 6)  # shapes before memory
     module.to_empty(device="cpu")
     module.reset_parameters()
     expected = torch.nn.BatchNorm2d(3)

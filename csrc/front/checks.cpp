@@ -42,9 +42,10 @@ void check_input(const at::Tensor& input) {
 // Per-channel parameters and statistics: (C,), on the input's device, all of one dtype which is
 // the input's, or float32 for half input (the mixed case autocast produces).
 //
-// The forward checks also run in the autograd kernels, which torch.compile and torch.export
-// trace with symbolic shapes: sizes are read as SymInts there (sym_size), since sizes() would
-// specialize every dimension, the batch included, to the traced example's value.
+// The checks also run on fake tensors (in the autograd kernels and, through fastbn._C, in the
+// fake kernels), which torch.compile and torch.export trace with symbolic shapes: sizes are read
+// as SymInts (sym_size), since sizes() would specialize every dimension, the batch included, to
+// the traced example's value.
 void check_per_channel(const at::Tensor& input, const OptTensor& t, const char* name,
                        std::optional<at::ScalarType>& param_dtype) {
   if (!t.has_value() || !t->defined()) return;
@@ -115,10 +116,10 @@ void check_backward_args(const at::Tensor& grad_output, const at::Tensor& input,
   check_per_channel(input, weight, "weight", param_dtype);
   const auto stats = stats_dtype(input.scalar_type());
   for (const auto* t : {&mean, &invstd}) {
-    TORCH_CHECK(t->dim() == 1 && t->size(0) == input.size(1) && t->scalar_type() == stats &&
-                    t->device() == input.device(),
-                "fastbn: saved mean/invstd must be ", stats, " tensors of shape (", input.size(1),
-                ",) on the input's device");
+    TORCH_CHECK(t->dim() == 1 && t->sym_size(0) == input.sym_size(1) &&
+                    t->scalar_type() == stats && t->device() == input.device(),
+                "fastbn: saved mean/invstd must be ", stats, " tensors of shape (",
+                input.sym_size(1), ",) on the input's device");
   }
 }
 

@@ -121,6 +121,10 @@ PyMethodDef methods[] = {
      "fastbn::batch_norm_train past torch.ops (eager mode; see fastbn/ops.py)."},
     {"_batch_norm_eval", fastbn::py_batch_norm_eval, METH_VARARGS,
      "fastbn::batch_norm_eval past torch.ops (eager mode; see fastbn/ops.py)."},
+    {"_check_forward_args", fastbn::py_check_forward_args, METH_VARARGS,
+     "The forward operators' argument checks (for the fake kernels)."},
+    {"_check_backward_args", fastbn::py_check_backward_args, METH_VARARGS,
+     "The backward operator's argument checks (for the fake kernel)."},
 #ifdef FASTBN_WITH_SIMT
     {"_simt_set_schedule", simt_set_schedule, METH_VARARGS, "(threads, blocks, seed) orders."},
     {"_simt_set_device", simt_set_device, METH_VARARGS, "(sm_count, blocks_per_sm, smem)."},

@@ -7,6 +7,11 @@
 // nothing: not under torch.compile and with no __torch_function__ override or mode. Arguments
 // of unexpected types return NotImplemented, and the caller falls back to torch.ops, which
 // reports them as it does for any operator.
+//
+// The argument checks are here too, for the fake kernels of fastbn/ops.py: torch.library also
+// registers those as the operators' Meta kernels, which inference mode reaches without the
+// autograd kernels that check first (a meta weight with a CPU input would otherwise return an
+// uninitialized CPU tensor).
 #include "front/python_entry.h"
 
 #include <torch/csrc/Exceptions.h>
@@ -15,6 +20,7 @@
 #include <optional>
 #include <tuple>
 
+#include "front/checks.h"
 #include "front/op_handles.h"
 
 namespace fastbn {
@@ -104,6 +110,43 @@ PyObject* py_batch_norm_eval(PyObject*, PyObject* args) {
     out = eval_op().call(x, w, b, rm, rv, e);
   }
   return THPVariable_Wrap(std::move(out));
+  END_HANDLE_TH_ERRORS
+}
+
+PyObject* py_check_forward_args(PyObject*, PyObject* args) {
+  HANDLE_TH_ERRORS
+  PyObject *input, *weight, *bias, *running_mean, *running_var, *counter, *training, *cumulative;
+  if (!PyArg_UnpackTuple(args, "_check_forward_args", 8, 8, &input, &weight, &bias,
+                         &running_mean, &running_var, &counter, &training, &cumulative))
+    return nullptr;
+  at::Tensor x;
+  OptTensor w, b, rm, rv, n;
+  if (!tensor_arg(input, x) || !optional_tensor_arg(weight, w) ||
+      !optional_tensor_arg(bias, b) || !optional_tensor_arg(running_mean, rm) ||
+      !optional_tensor_arg(running_var, rv) || !optional_tensor_arg(counter, n)) {
+    PyErr_SetString(PyExc_TypeError, "_check_forward_args: expected tensors or None");
+    return nullptr;
+  }
+  check_forward_args(x, w, b, rm, rv, n, PyObject_IsTrue(training), PyObject_IsTrue(cumulative));
+  Py_RETURN_NONE;
+  END_HANDLE_TH_ERRORS
+}
+
+PyObject* py_check_backward_args(PyObject*, PyObject* args) {
+  HANDLE_TH_ERRORS
+  PyObject *grad_output, *input, *weight, *mean, *invstd;
+  if (!PyArg_UnpackTuple(args, "_check_backward_args", 5, 5, &grad_output, &input, &weight,
+                         &mean, &invstd))
+    return nullptr;
+  at::Tensor dy, x, m, s;
+  OptTensor w;
+  if (!tensor_arg(grad_output, dy) || !tensor_arg(input, x) || !optional_tensor_arg(weight, w) ||
+      !tensor_arg(mean, m) || !tensor_arg(invstd, s)) {
+    PyErr_SetString(PyExc_TypeError, "_check_backward_args: expected tensors (weight: or None)");
+    return nullptr;
+  }
+  check_backward_args(dy, x, w, m, s);
+  Py_RETURN_NONE;
   END_HANDLE_TH_ERRORS
 }
 

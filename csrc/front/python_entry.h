@@ -10,5 +10,10 @@ namespace fastbn {
 PyObject* py_batch_norm_train(PyObject* self, PyObject* args);
 // _batch_norm_eval(input, weight, bias, running_mean, running_var, eps) -> output
 PyObject* py_batch_norm_eval(PyObject* self, PyObject* args);
+// _check_forward_args(input, weight, bias, running_mean, running_var, num_batches_tracked,
+// training, cumulative) and _check_backward_args(grad_output, input, weight, mean, invstd):
+// the operators' argument checks (checks.h), raising as the operators do; None when they pass.
+PyObject* py_check_forward_args(PyObject* self, PyObject* args);
+PyObject* py_check_backward_args(PyObject* self, PyObject* args);
 
 }  // namespace fastbn
