@@ -20,9 +20,14 @@ def _call_module_node(module, proxy):
     """What torch.fx.symbolic_trace records for torch.nn's BatchNorm, a leaf module: a
     call_module node, so that the traced GraphModule's .train()/.eval() still switch the mode.
     FX takes only modules defined in torch.nn as leaves and traces into fastbn's forward, whose
-    graph would fix the mode at trace time (and whose rank check would branch on a Proxy)."""
+    graph would fix the mode at trace time (and whose rank check would branch on a Proxy).
+    None when there is no module to name: the module is the traced root itself, or the proxy
+    comes from a graph rather than a Tracer; then the forward is traced through."""
     tracer = proxy.tracer
-    return tracer.create_proxy("call_module", tracer.path_of_module(module), (proxy,), {})
+    if not isinstance(tracer, torch.fx.Tracer):
+        return None
+    path = tracer.path_of_module(module)
+    return tracer.create_proxy("call_module", path, (proxy,), {}) if path else None
 
 
 class _FastBatchNorm:
@@ -30,8 +35,11 @@ class _FastBatchNorm:
 
     def forward(self, input):
         if isinstance(input, torch.fx.Proxy):
-            return _call_module_node(self, input)
-        self._check_input_dim(input)
+            node = _call_module_node(self, input)
+            if node is not None:
+                return node
+        else:
+            self._check_input_dim(input)
         params, buffers = self._parameters, self._buffers
         running_mean = _member(self, buffers, "running_mean")
         running_var = _member(self, buffers, "running_var")

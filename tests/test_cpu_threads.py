@@ -30,9 +30,10 @@ SHAPES = [
     (256, 64, 3, 3),    # runs of a vector or two (AVX2/SSE float, every double width) or of
     (128, 64, 4, 4),    # exactly one (AVX-512 float): paired blocks from 32 samples
 ]
-# Outputs of 21 MiB (float32; 10.5 MiB bfloat16, 42 MiB float64): beyond half of a 32 MiB
-# last-level cache they are written with non-temporal stores, and those of 42 MiB (float64
-# here, float32 in the 32x64x72x72 case) beyond the 32 MiB cap on any machine.
+# Outputs of 20.25 MiB (float32; 10.1 MiB bfloat16, 40.5 MiB float64) are written with
+# non-temporal stores where the last-level cache holds at most 40.5 MiB (the forwards' input
+# and output) or 60.75 MiB (the backward's three tensors), and those of 40.5 MiB (float64 here,
+# float32 in the 32x64x72x72 case) on any machine: their passes exceed the 64 MiB cap.
 LARGE = (16, 64, 72, 72)
 # (shape, layout, offset of the data): 3·randn + 5 takes channels_last's folded transform,
 # + 1000 its centred one (see tests/test_cpu_forms.py).

@@ -32,16 +32,18 @@ def _net(fb, training):
 BATCHES = (2, 3, 5, 8)
 
 
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last],
+                         ids=["contiguous", "channels_last"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_compile_dynamic_one_graph_for_every_batch(fb, gen, training):
+def test_compile_dynamic_one_graph_for_every_batch(fb, gen, training, memory_format):
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     try:
-        model = _net(fb, training)
+        model = _net(fb, training).to(memory_format=memory_format)
         eager = copy.deepcopy(model)
         compiled = torch.compile(model, dynamic=True, fullgraph=True, backend="aot_eager")
         for batch in BATCHES:
-            x = torch.randn(batch, 3, 7, 6, generator=gen)
+            x = torch.randn(batch, 3, 7, 6, generator=gen).contiguous(memory_format=memory_format)
             xc, xe = x.clone().requires_grad_(), x.clone().requires_grad_()
             yc, ye = compiled(xc), eager(xe)
             torch.testing.assert_close(yc, ye)

@@ -255,7 +255,7 @@ int64_t last_level_cache_bytes() {
 // smaller: there copy_ slows from L3 to DRAM speed between a 32 and a 64 MiB working set, and
 // streaming a 49 MiB output made the NCHW forward 30-35% faster (a 24.5 MiB one, whose pass
 // touches 49 MiB, 10-20% slower). A 24.5 MiB backward touches 73.5 MiB: streaming its grad_input
-// made forward+backward 4-14% faster there (float32 32×64×56×56 and 16×512×28×28,
+// made forward+backward 4-17% faster there (float32 32×64×56×56 and 16×512×28×28,
 // bfloat16/float16 16×64×112×112 and 16×256×56×56, both layouts; the backward alone 0.88-1.08×).
 bool stream_output(const Layout& L, int64_t bytes_per_elem, int tensors) {
   static const int64_t threshold = [] {
