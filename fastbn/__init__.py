@@ -1,6 +1,7 @@
 """fastbn: fused batch-normalization kernels for PyTorch, as drop-in modules.
 
     model = fastbn.convert_model(model)          # every nn.BatchNorm1d/2d/3d → fastbn
+    model = fastbn.revert_model(model)           # and back to torch.nn (same tensors)
     bn = fastbn.BatchNorm2d(64)                  # or one module at a time
     y = fastbn.functional.batch_norm(x, rm, rv, w, b, training=True)
 """
@@ -26,10 +27,10 @@ from . import _C  # noqa: E402  (registers the fastbn:: operators)
 from . import ops  # noqa: E402,F401  (fake kernels for torch.compile)
 from . import functional, reference  # noqa: E402,F401
 from ._backend import backend  # noqa: E402
-from .convert import convert_model  # noqa: E402
+from .convert import convert_model, revert_model  # noqa: E402
 from .modules import BatchNorm1d, BatchNorm2d, BatchNorm3d  # noqa: E402
 
 __version__ = _build_info.VERSION
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "backend", "convert_model", "functional",
-           "reference", "__version__"]
+           "reference", "revert_model", "__version__"]

@@ -1,5 +1,5 @@
 """fastbn.convert_model on a small CNN, and a short SGD training loop whose
-losses must match an identical torch.nn model's."""
+losses must match an identical torch.nn model's; fastbn.revert_model back to torch.nn."""
 
 import copy
 
@@ -156,3 +156,47 @@ def test_training_loop_matches_torch(fb, gen):
     fast_model.eval()
     torch_model.eval()
     torch.testing.assert_close(fast_model(x), torch_model(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_revert_model_round_trip(fb, gen, training):
+    """revert_model undoes convert_model: torch.nn's exact classes again, sharing the same
+    tensors, options and training flag, with the same outputs."""
+    original = SmallCNN()
+    _warm(original, gen)
+    original.train(training)
+    types = {n: type(m) for n, m in original.named_modules()}
+    tensors = {k: v for k, v in original.state_dict(keep_vars=True).items()}
+    reference = copy.deepcopy(original)
+
+    reverted = fb.revert_model(fb.convert_model(original))
+
+    assert {n: type(m) for n, m in reverted.named_modules()} == types
+    for k, v in reverted.state_dict(keep_vars=True).items():
+        assert v is tensors[k], k
+    for name, m in _bn_modules(reverted).items():
+        assert m.training == training
+    x = torch.randn(4, 3, 8, 8, generator=gen)
+    torch.testing.assert_close(reverted(x), reference(x))
+
+
+def test_revert_for_tools_that_know_only_torch_nn(fb, gen):
+    """torch.ao.quantization.fuse_modules matches torch.nn's classes only: after
+    revert_model it folds the BatchNorm into the convolution."""
+    model = fb.convert_model(Block()).eval()
+    _warm(model, gen)
+    model.eval()
+    with pytest.raises(AssertionError, match="did not find fuser method"):
+        torch.ao.quantization.fuse_modules(copy.deepcopy(model), [["body.0", "body.1"]])
+    fused = torch.ao.quantization.fuse_modules(fb.revert_model(copy.deepcopy(model)),
+                                               [["body.0", "body.1"]])
+    assert isinstance(fused.body[1], nn.Identity)
+    x = torch.randn(2, 3, 8, 8, generator=gen)
+    torch.testing.assert_close(fused(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_revert_leaves_torch_modules_alone(fb):
+    torch_bn = nn.BatchNorm2d(3)
+    out = fb.revert_model(nn.Sequential(torch_bn, fb.BatchNorm1d(4)))
+    assert [type(m) for m in out] == [nn.BatchNorm2d, nn.BatchNorm1d]
+    assert out[0] is torch_bn
