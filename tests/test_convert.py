@@ -2,6 +2,7 @@
 losses must match an identical torch.nn model's; fastbn.revert_model back to torch.nn."""
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -193,6 +194,19 @@ def test_revert_for_tools_that_know_only_torch_nn(fb, gen):
     assert isinstance(fused.body[1], nn.Identity)
     x = torch.randn(2, 3, 8, 8, generator=gen)
     torch.testing.assert_close(fused(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_revert_then_jit_script(fb, gen):
+    model = fb.convert_model(Block()).eval()
+    with pytest.raises(RuntimeError):  # fastbn's forward is not TorchScript
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script is deprecated
+            torch.jit.script(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        scripted = torch.jit.script(fb.revert_model(copy.deepcopy(model)))
+    x = torch.randn(2, 3, 8, 8, generator=gen)
+    torch.testing.assert_close(scripted(x), model(x))
 
 
 def test_revert_leaves_torch_modules_alone(fb):
