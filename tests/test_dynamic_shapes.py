@@ -1,6 +1,7 @@
 """Symbolic shapes: torch.compile(dynamic=True) and torch.export with a dynamic batch trace
 fastbn's operators without specializing the batch (one graph serves every batch size), and
-the compiled or exported model matches eager in train and eval."""
+the compiled or exported model matches eager in train and eval; an AOTInductor package of the
+exported eval graph calls fastbn's operator (through the dispatcher, with fastbn imported)."""
 
 import copy
 
@@ -75,3 +76,20 @@ def test_export_dynamic_batch(fb, gen, training):
     # the exported training graph updates its copy of the buffers as eager updates its own
     for name in ("running_mean", "running_var", "num_batches_tracked"):
         torch.testing.assert_close(getattr(exported.bn, name), getattr(eager.bn, name))
+
+
+def test_aot_inductor_package(fb, gen, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_COMPILE_THREADS", "1")
+    model = _net(fb, training=False)
+    example = torch.randn(2, 3, 8, 8, generator=gen)
+    program = torch.export.export(model, (example,),
+                                  dynamic_shapes={"x": {0: torch.export.Dim("batch", min=2)}})
+    path = torch._inductor.aoti_compile_and_package(program,
+                                                    package_path=str(tmp_path / "net.pt2"))
+    loaded = torch._inductor.aoti_load_package(path)
+    for batch in (2, 5):
+        x = torch.randn(batch, 3, 8, 8, generator=gen)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            y = loaded(x)
+        assert "fastbn::batch_norm_eval" in {e.key for e in prof.key_averages()}
+        torch.testing.assert_close(y, model(x))

@@ -247,8 +247,8 @@ int64_t last_level_cache_bytes() {
 }
 
 // A pass whose tensors (`tensors` of them of the input's size: input and output for the
-// forwards, input, grad_output and grad_input for the backward) take more than the last-level
-// cache, or than kCacheCapBytes, writes its output with non-temporal stores: the output
+// forwards, input, grad_output and grad_input for the backward) take at least the last-level
+// cache, or kCacheCapBytes, writes its output with non-temporal stores: the output
 // cannot stay in the cache anyway, and plain stores would first read every line and evict the
 // input the pass after the reduction re-reads. The cap is there because a virtual machine
 // reports its host's whole L3 (480 MiB on one development machine) while its own share is far
