@@ -3,6 +3,8 @@
     model = fastbn.convert_model(model)          # every nn.BatchNorm1d/2d/3d → fastbn
     model = fastbn.revert_model(model)           # and back to torch.nn (same tensors)
     bn = fastbn.BatchNorm2d(64)                  # or one module at a time
+    bn_relu = fastbn.BatchNormAct2d(64, act="relu")   # bn then relu in one pass: bn_relu(x, residual)
+    model = fastbn.fuse_activations(model)       # FX: bn → (add →) relu becomes BatchNormAct
     y = fastbn.functional.batch_norm(x, rm, rv, w, b, training=True)
 """
 import torch
@@ -28,9 +30,12 @@ from . import ops  # noqa: E402,F401  (fake kernels for torch.compile)
 from . import functional, reference  # noqa: E402,F401
 from ._backend import backend  # noqa: E402
 from .convert import convert_model, revert_model  # noqa: E402
-from .modules import BatchNorm1d, BatchNorm2d, BatchNorm3d  # noqa: E402
+from .fuse import fuse_activations  # noqa: E402
+from .modules import (BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormAct1d,  # noqa: E402
+                      BatchNormAct2d, BatchNormAct3d)
 
 __version__ = _build_info.VERSION
 
-__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "backend", "convert_model", "functional",
+__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "BatchNormAct1d", "BatchNormAct2d",
+           "BatchNormAct3d", "backend", "fuse_activations", "convert_model", "functional",
            "reference", "revert_model", "__version__"]

@@ -16,6 +16,8 @@ Public functions:
 - :func:`backward` -> ``(dx, dweight, dbias)``, analytic gradients.
 - :func:`update_running_stats` -> ``(new_mean, new_var)``.
 - :func:`batch_var` -> biased per-channel variance (two-pass), a helper.
+- :func:`activation`, :func:`activation_backward`, :func:`fused_backward`: the fused
+  ``act(bn(x) + residual)`` and its gradients.
 """
 
 import numpy as np
@@ -26,6 +28,9 @@ __all__ = [
     "backward",
     "update_running_stats",
     "batch_var",
+    "activation",
+    "activation_backward",
+    "fused_backward",
 ]
 
 
@@ -184,3 +189,48 @@ def update_running_stats(
     new_mean = (1.0 - factor) * rm + factor * bm
     new_var = (1.0 - factor) * rv + factor * unbiased
     return new_mean, new_var
+
+
+def activation(z, name=None, negative_slope=0.01):
+    """act(z) for name None, 'relu', 'silu' or 'leaky_relu', in float64."""
+    z = _as_f64(z)
+    if name is None:
+        return z
+    if name == "relu":
+        return np.maximum(z, 0.0)
+    if name == "silu":
+        return z / (1.0 + np.exp(-z))
+    if name == "leaky_relu":
+        return np.where(z > 0, z, z * negative_slope)
+    raise ValueError(name)
+
+
+def activation_backward(dy, z, name=None, negative_slope=0.01):
+    """dy·act'(z): the gradient with respect to the activation's input."""
+    dy, z = _as_f64(dy), _as_f64(z)
+    if name is None:
+        return dy
+    if name == "relu":
+        return np.where(z > 0, dy, 0.0)
+    if name == "silu":
+        s = 1.0 / (1.0 + np.exp(-z))
+        return dy * s * (1.0 + z * (1.0 - s))
+    if name == "leaky_relu":
+        return np.where(z > 0, dy, dy * negative_slope)
+    raise ValueError(name)
+
+
+def fused_backward(dy, x, mean, invstd, weight=None, bias=None, residual=None, name=None,
+                   negative_slope=0.01, training=True):
+    """Gradients of y = act(bn(x) + residual), bn normalizing with (mean, invstd):
+    (dx, dweight, dbias, dresidual)."""
+    x = _check_x(x)
+    c = x.shape[1]
+    w, b = _vec(weight, c, 1.0), _vec(bias, c, 0.0)
+    xhat = (x - _bcast(mean, x.ndim)) * _bcast(invstd, x.ndim)
+    z = xhat * _bcast(w, x.ndim) + _bcast(b, x.ndim)
+    if residual is not None:
+        z = z + _as_f64(residual)
+    g = activation_backward(dy, z, name, negative_slope)
+    dx, dweight, dbias = backward(g, x, mean, invstd, weight, training)
+    return dx, dweight, dbias, g

@@ -107,7 +107,7 @@ def test_backward_op_output_mask_and_values(fb, ref, gen):
     for training in (True, False):
         m_, s_ = (mean, invstd) if training else (rm, torch.rsqrt(rv + 1e-5))
         dx_r, dw_r, db_r = ref.backward(to_np(dy), to_np(x), to_np(m_), to_np(s_), to_np(w), training=training)
-        full = torch.ops.fastbn.batch_norm_backward(dy, x, w, m_, s_, training, [True, True, True])
+        full = torch.ops.fastbn.batch_norm_backward(dy, x, w, m_, s_, training, [True, True, True])[:3]
         for got, exp in zip(full, (dx_r, dw_r, db_r)):
             assert_tight(got, exp, rtol=1e-9, atol=1e-9)
         for mask in ([True, False, False], [False, True, False], [False, False, True], [False, True, True]):
@@ -118,7 +118,8 @@ def test_backward_op_output_mask_and_values(fb, ref, gen):
                 else:
                     assert got.numel() == 0
     # weight=None: gradient of an implicit unit weight
-    dx, dw, db = torch.ops.fastbn.batch_norm_backward(dy, x, None, mean, invstd, True, [True, True, True])
+    dx, dw, db, dr = torch.ops.fastbn.batch_norm_backward(dy, x, None, mean, invstd, True, [True, True, True])
+    assert dr.numel() == 0  # no residual gradient asked for
     dx_r, dw_r, db_r = ref.backward(to_np(dy), to_np(x), to_np(mean), to_np(invstd), None, training=True)
     assert_tight(dx, dx_r, rtol=1e-9, atol=1e-9)
     assert_tight(dw, dw_r, rtol=1e-9, atol=1e-9)
@@ -136,14 +137,16 @@ def test_eval_op_results(fb, ref, gen):
 @pytest.mark.parametrize("training, name", [(True, "fastbn::BatchNormBackward"),
                                             (False, "fastbn::BatchNormEvalBackward")])
 def test_graph_node(fb, gen, training, name):
-    """The output's grad_fn is fastbn's node, its next functions the input's and the
-    parameters'; the statistics returned by the training op carry no graph."""
+    """The output's grad_fn is fastbn's node, its next functions the input's, the
+    parameters' and the residual's (none here); the statistics returned by the training op
+    carry no graph."""
     m = fb.BatchNorm2d(3).train(training)
     x = torch.randn(2, 3, 4, 4, generator=gen, requires_grad=True)
     y = m(x)
     assert y.grad_fn.name() == name
-    assert len(y.grad_fn.next_functions) == 3
-    assert all(f is not None for f, _ in y.grad_fn.next_functions)
+    assert len(y.grad_fn.next_functions) == 4
+    assert all(f is not None for f, _ in y.grad_fn.next_functions[:3])
+    assert y.grad_fn.next_functions[3][0] is None
     _, mean, invstd = fb.ops.batch_norm_train(x, m.weight, m.bias, None, None, None, 0.1, 1e-5)
     assert not mean.requires_grad and not invstd.requires_grad
 

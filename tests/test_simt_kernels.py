@@ -57,7 +57,7 @@ def train_step(x, dy, weight, bias, running, momentum=0.1):
     """fastbn's train forward + backward through the ops; returns every result."""
     rm, rv, nbt = (t.clone() for t in running)
     y, mean, invstd = torch.ops.fastbn.batch_norm_train(x, weight, bias, rm, rv, nbt, momentum, 1e-5)
-    dx, dw, db = torch.ops.fastbn.batch_norm_backward(dy, x, weight, mean, invstd, True, [True, True, True])
+    dx, dw, db, _ = torch.ops.fastbn.batch_norm_backward(dy, x, weight, mean, invstd, True, [True, True, True])
     return dict(y=y, mean=mean, invstd=invstd, rm=rm, rv=rv, nbt=nbt, dx=dx, dw=dw, db=db)
 
 
@@ -176,7 +176,7 @@ def test_eval_forward_and_backward(layout, dtype):
     def run():
         y = torch.ops.fastbn.batch_norm_eval(x, weight, bias, rm, rv, 1e-5)
         dx_only = torch.ops.fastbn.batch_norm_backward(dy, x, weight, mean, invstd, False, [True, False, False])[0]
-        dx, dw, db = torch.ops.fastbn.batch_norm_backward(dy, x, weight, mean, invstd, False, [True, True, True])
+        dx, dw, db, _ = torch.ops.fastbn.batch_norm_backward(dy, x, weight, mean, invstd, False, [True, True, True])
         return dict(y=y, dx_only=dx_only, dx=dx, dw=dw, db=db)
 
     out, log = run_both_orders(ROOMY, run)

@@ -445,20 +445,25 @@ class FoldCheck {
     if (!(std::abs(center) * invstd <= kFoldBound)) centered_.store(true, std::memory_order_relaxed);
   }
   bool fold() const { return !centered_.load(std::memory_order_relaxed); }
+  void forbid() { centered_.store(true, std::memory_order_relaxed); }
 
  private:
   std::atomic<bool> centered_{false};
 };
 
 // Per-channel transform as arrays (what the NSC kernels read), centred and folded.
+// may_fold false: always the centred form (with a fused activation, whose backward recomputes
+// the activation's input centred).
 template <typename A>
 struct AffineArrays {
   std::vector<A> storage;  // one allocation: small calls feel every malloc
   A *center, *scale, *shift, *folded_shift;
   FoldCheck check;
-  explicit AffineArrays(int64_t C)
+  explicit AffineArrays(int64_t C, bool may_fold = true)
       : storage(4 * C), center(storage.data()), scale(center + C), shift(scale + C),
-        folded_shift(shift + C) {}
+        folded_shift(shift + C) {
+    if (!may_fold) check.forbid();
+  }
   AffineArrays(const AffineArrays&) = delete;
   void set(int64_t c, const ChannelAffine<A>& t, double invstd) {
     center[c] = t.center;
@@ -471,6 +476,16 @@ struct AffineArrays {
   const A* centers() const { return check.fold() ? nullptr : center; }
   const A* shifts() const { return check.fold() ? folded_shift : shift; }
 };
+
+// The kernels' view of the fused epilogue (residual in the input's layout).
+template <typename T>
+Fuse<k_t<T>> fuse_of(const FusedEpilogue& e) {
+  Fuse<k_t<T>> f;
+  if (e.residual.has_value()) f.residual = kptr<T>(*e.residual);
+  f.act = Act(e.activation);
+  f.slope = acc_t<T>(e.negative_slope);
+  return f;
+}
 
 // ---------------------------------------------------------------- training forward
 
@@ -501,7 +516,9 @@ void forward_train_impl(const TrainForwardArgs& a) {
           : running_factor<double>(a.cumulative, a.momentum,
                                    has_counter ? a.num_batches_tracked->data_ptr<int64_t>() : nullptr);
   const int64_t esize = sizeof(T);
-  const bool serial = is_serial(L, esize), stream = stream_output(L, esize, 2);
+  const Fuse<K> fuse = fuse_of<T>(a.fused);
+  const bool serial = is_serial(L, esize);
+  const bool stream = stream_output(L, esize, fuse.residual ? 3 : 2);
 
   // Statistics → saved stats, running stats, transform. Per channel, so threads own channels.
   // (Pointers fetched once: data_ptr's checks cost more than a small channel's arithmetic.)
@@ -527,7 +544,7 @@ void forward_train_impl(const TrainForwardArgs& a) {
     const auto [rows, bands] = nsc_bands<T>(L, kMaxBandRows);
     double* pmean = scratch(0, bands * L.C);
     double* pm2 = scratch(1, bands * L.C);
-    AffineArrays<A> t(L.C);
+    AffineArrays<A> t(L.C, fuse.plain());
     std::vector<double> mmean(L.C), mm2(L.C);
     // Merge the bands in order (Chan), channels in the inner loop.
     auto merge = [&](int64_t m0, int64_t m1) {
@@ -562,7 +579,7 @@ void forward_train_impl(const TrainForwardArgs& a) {
         [&](int64_t b0, int64_t b1) {
           for (int64_t b = b1 - 1; b >= b0; --b)
             kern.nsc_affine(x, y, {L.C, b * rows, std::min(R, (b + 1) * rows), 0, L.C, stream},
-                            t.centers(), t.scale, t.shifts());
+                            t.centers(), t.scale, t.shifts(), fuse);
         });
     return;
   }
@@ -592,12 +609,12 @@ void forward_train_impl(const TrainForwardArgs& a) {
           kern.ncs_span_moments(x, b, mean, m2);
           for (int64_t c = b.c0; c < b.c1; ++c)
             finish_into(t, c, {double(M), mean[c - b.c0], m2[c - b.c0]});
-          kern.ncs_span_affine(x, y, b, t.center, t.scale, t.shift);
+          kern.ncs_span_affine(x, y, b, t.center, t.scale, t.shift, fuse);
         },
         [&](int64_t c) {
           finish_into(t, c, channel_moments(c));
           for (int64_t p = 0; p < pieces; ++p)
-            kern.ncs_affine(x, y, piece(c, p), t.center[c], t.scale[c], t.shift[c]);
+            kern.ncs_affine(x, y, piece(c, p), t.center[c], t.scale[c], t.shift[c], fuse);
         });
     return;
   }
@@ -607,7 +624,7 @@ void forward_train_impl(const TrainForwardArgs& a) {
       auto step = [&](int64_t r0, int64_t r1, int64_t w0, int64_t w1) {
         double mean[kMaxBlockChannels], m2[kMaxBlockChannels];
         kern.ncs_block_moments(x, y, {L.C, L.S, L.N, r0, r1, w0, w1, stream}, t.center,
-                               t.scale, t.shift, mean, m2);
+                               t.scale, t.shift, mean, m2, fuse);
         for (int64_t c = r0; c < r1; ++c) finish_into(t, c, {double(M), mean[c - r0], m2[c - r0]});
       };
       paired_channel_blocks(serial, L, esize, 1, step);
@@ -617,7 +634,7 @@ void forward_train_impl(const TrainForwardArgs& a) {
         serial, L, esize, 1, [&](int64_t c) { finish_into(t, c, channel_moments(c)); },
         [&](int64_t n, int64_t c0, int64_t c1) {
           kern.ncs_affine_rows(x, y, {L.C, L.S, n * L.C + c0, n * L.C + c1, stream},
-                               t.center, t.scale, t.shift);
+                               t.center, t.scale, t.shift, fuse);
         });
     return;
   }
@@ -641,7 +658,7 @@ void forward_train_impl(const TrainForwardArgs& a) {
       [&](int64_t i0, int64_t i1) {
         for (int64_t i = i0; i < i1; ++i) {
           const ChannelAffine<A>& t = affine[i / pieces];
-          kern.ncs_affine(x, y, piece(i / pieces, i % pieces), t.center, t.scale, t.shift);
+          kern.ncs_affine(x, y, piece(i / pieces, i % pieces), t.center, t.scale, t.shift, fuse);
         }
       });
 }
@@ -659,7 +676,8 @@ void forward_eval_impl(const EvalForwardArgs& a) {
   const P* bias = params.ptr<P>(a.bias);
   const P* mean = params.ptr<P>(a.running_mean);
   const P* var = params.ptr<P>(a.running_var);
-  AffineArrays<A> t(L.C);
+  const Fuse<K> fuse = fuse_of<T>(a.fused);
+  AffineArrays<A> t(L.C, fuse.plain());
   for (int64_t c = 0; c < L.C; ++c) {
     const double invstd = invstd_from_var(double(var[c]), a.eps);
     t.set(c, channel_affine<A>(A(mean[c]), A(invstd), weight, bias, c), invstd);
@@ -667,26 +685,27 @@ void forward_eval_impl(const EvalForwardArgs& a) {
   const K* x = kptr<T>(a.input);
   K* y = kptr_mut<T>(a.output);
   if (L.numel() == 0) return;
-  const bool serial = is_serial(L, sizeof(T)), stream = stream_output(L, sizeof(T), 2);
+  const bool serial = is_serial(L, sizeof(T));
+  const bool stream = stream_output(L, sizeof(T), fuse.residual ? 3 : 2);
   if (L.channels_last) {
     elementwise(serial, L.per_channel(), L.C, [&](int64_t r0, int64_t r1) {
       kern.nsc_affine(x, y, {L.C, r0, r1, 0, L.C, stream}, t.centers(), t.scale,
-                      t.shifts());
+                      t.shifts(), fuse);
     });
   } else if (const SpanBlocks sb = span_blocks(L, kern.width, serial); sb.count > 0) {
     sb.run(
         serial, L, stream,
         [&](const NcsSpans& b) {
-          kern.ncs_span_affine(x, y, b, t.centers(), t.scale, t.shifts());
+          kern.ncs_span_affine(x, y, b, t.centers(), t.scale, t.shifts(), fuse);
         },
         [&](int64_t c) {
           kern.ncs_affine(x, y, {L.C, L.S, c, 0, L.per_channel(), stream}, t.center[c],
-                          t.scale[c], t.shift[c]);
+                          t.scale[c], t.shift[c], fuse);
         });
   } else {
     elementwise(serial, L.N * L.C, L.S, [&](int64_t k0, int64_t k1) {
       kern.ncs_affine_rows(x, y, {L.C, L.S, k0, k1, stream}, t.center, t.scale,
-                           t.shift);
+                           t.shift, fuse);
     });
   }
 }
@@ -706,10 +725,35 @@ void backward_impl(const BackwardArgs& a) {
   const K* x = kptr<T>(a.input);
   const K* dy = kptr<T>(a.grad_output);
   K* dx = a.grad_input.defined() ? kptr_mut<T>(a.grad_input) : nullptr;
-  const bool want_sums = (a.training && dx) || a.grad_weight.defined() || a.grad_bias.defined();
+  // A fused activation: the reductions take g = dy·act'(z) and store it (GradFuse), always (in
+  // eval too: dx = g·weight·invstd); the dx passes then read g instead of dy.
+  GradFuse<K> gf;
+  std::vector<A> fused_affine;
+  if (a.fused.activation != 0) {
+    const P* bias = params.ptr<P>(a.bias);
+    fused_affine.resize(2 * L.C);
+    for (int64_t c = 0; c < L.C; ++c) {
+      const ChannelAffine<A> t = channel_affine<A>(mean[c], invstd[c], weight, bias, c);
+      fused_affine[c] = t.scale;
+      fused_affine[L.C + c] = t.shift;
+    }
+    gf.residual = a.fused.residual.has_value() ? kptr<T>(*a.fused.residual) : nullptr;
+    gf.g = kptr_mut<T>(a.grad_pre);
+    gf.act = Act(a.fused.activation);
+    gf.slope = A(a.fused.negative_slope);
+    gf.scale = fused_affine.data();
+    gf.shift = fused_affine.data() + L.C;
+  }
+  const K* g = gf.plain() ? dy : gf.g;  // what the dx passes read
+  const bool want_sums = (a.training && dx) || a.grad_weight.defined() || a.grad_bias.defined() ||
+                         !gf.plain();
   const double count = double(L.per_channel());
   const int64_t esize = sizeof(T);
-  const bool serial = is_serial(L, 2 * esize), stream = stream_output(L, esize, 3);
+  const bool serial = is_serial(L, 2 * esize);
+  // With a fused activation whose g is held in grad_input, dx overwrites lines the reductions
+  // have just written (dirty in the cache): plain stores, as a streamed store to such a line
+  // costs a round trip to memory.
+  const bool stream = stream_output(L, esize, 3) && !(dx && gf.g == dx);
 
   // (Σdy, Σdy·(x − mean)) → dweight, dbias and the per-channel dx coefficients.
   P* const grad_weight = a.grad_weight.defined() ? a.grad_weight.data_ptr<P>() : nullptr;
@@ -740,7 +784,7 @@ void backward_impl(const BackwardArgs& a) {
       for (int64_t c = 0; c < L.C; ++c) set_coefs(c, finish(c, 0, 0));
       if (!dx) return;
       elementwise(serial, R, L.C, [&](int64_t r0, int64_t r1) {
-        kern.nsc_bwd_dx(x, dy, dx, {L.C, r0, r1, 0, L.C, stream}, k.centers(), dy_scale.data(),
+        kern.nsc_bwd_dx(x, g, dx, {L.C, r0, r1, 0, L.C, stream}, k.centers(), dy_scale.data(),
                         k.scale, k.shifts());
       });
       return;
@@ -753,7 +797,7 @@ void backward_impl(const BackwardArgs& a) {
         [&](int64_t b0, int64_t b1) {
           for (int64_t b = b0; b < b1; ++b)
             kern.nsc_bwd_sums(x, dy, {L.C, b * rows, std::min(R, (b + 1) * rows), 0, L.C}, mean,
-                              &p0[b * L.C], &p1[b * L.C]);
+                              &p0[b * L.C], &p1[b * L.C], gf);
         },
         [&](int64_t m0, int64_t m1) {
           if (m1 <= m0) return;
@@ -769,7 +813,7 @@ void backward_impl(const BackwardArgs& a) {
         },
         [&](int64_t b0, int64_t b1) {
           for (int64_t b = b1 - 1; dx && b >= b0; --b)  // last reduced first (see the top)
-            kern.nsc_bwd_dx(x, dy, dx, {L.C, b * rows, std::min(R, (b + 1) * rows), 0, L.C, stream},
+            kern.nsc_bwd_dx(x, g, dx, {L.C, b * rows, std::min(R, (b + 1) * rows), 0, L.C, stream},
                             k.centers(), dy_scale.data(), k.scale, k.shifts());
         });
     return;
@@ -780,10 +824,10 @@ void backward_impl(const BackwardArgs& a) {
     return NcsPiece{L.C, L.S, c, p * kPiece, std::min(M, (p + 1) * kPiece), stream};
   };
   auto dx_piece = [&](int64_t c, const NcsPiece& q) {
-    kern.ncs_bwd_dx(x, dy, dx, q, mean[c], dy_scale[c], k.scale[c], k.shift[c]);
+    kern.ncs_bwd_dx(x, g, dx, q, mean[c], dy_scale[c], k.scale[c], k.shift[c]);
   };
   auto dx_rows = [&](int64_t k0, int64_t k1) {
-    kern.ncs_bwd_dx_rows(x, dy, dx, {L.C, L.S, k0, k1, stream}, mean, dy_scale.data(),
+    kern.ncs_bwd_dx_rows(x, g, dx, {L.C, L.S, k0, k1, stream}, mean, dy_scale.data(),
                          k.scale, k.shift);
   };
   if (!want_sums) {
@@ -793,7 +837,7 @@ void backward_impl(const BackwardArgs& a) {
   }
   auto sums = [&](int64_t c, int64_t p) {
     std::array<double, 2> s;
-    kern.ncs_bwd_sums(x, dy, piece(c, p), mean[c], s.data());
+    kern.ncs_bwd_sums(x, dy, piece(c, p), mean[c], s.data(), gf);
     return s;
   };
   // A whole channel's sums, piece by piece, then its coefficients.
@@ -811,9 +855,9 @@ void backward_impl(const BackwardArgs& a) {
         serial, L, stream,
         [&](const NcsSpans& b) {
           double s0[kMaxSpanLanes], s1[kMaxSpanLanes];
-          kern.ncs_span_bwd_sums(x, dy, b, mean, s0, s1);
+          kern.ncs_span_bwd_sums(x, dy, b, mean, s0, s1, gf);
           for (int64_t c = b.c0; c < b.c1; ++c) set_coefs(c, finish(c, s0[c - b.c0], s1[c - b.c0]));
-          if (dx) kern.ncs_span_dx(x, dy, dx, b, mean, dy_scale.data(), k.scale, k.shift);
+          if (dx) kern.ncs_span_dx(x, g, dx, b, mean, dy_scale.data(), k.scale, k.shift);
         },
         [&](int64_t c) {
           channel_coefs(c);
@@ -826,7 +870,7 @@ void backward_impl(const BackwardArgs& a) {
       auto step = [&](int64_t r0, int64_t r1, int64_t w0, int64_t w1) {
         double s0[kMaxBlockChannels], s1[kMaxBlockChannels];
         kern.ncs_block_bwd(x, dy, dx, {L.C, L.S, L.N, r0, r1, w0, w1, stream}, mean,
-                           dy_scale.data(), k.scale, k.shift, s0, s1);
+                           dy_scale.data(), k.scale, k.shift, s0, s1, gf);
         for (int64_t c = r0; c < r1; ++c) set_coefs(c, finish(c, s0[c - r0], s1[c - r0]));
       };
       paired_channel_blocks(serial, L, esize, 2, step);

@@ -12,6 +12,10 @@
 
 namespace fastbn::cpu {
 
+// The fused activation (the same values as kernels/bn_math.h's Act; this header stays free of
+// the device headers).
+enum class Act : int { None = 0, ReLU = 1, SiLU = 2, LeakyReLU = 3 };
+
 // Storage of the 16-bit types (bit-compatible with c10::BFloat16 / c10::Half).
 struct bf16_t { uint16_t x; };
 struct half_t { uint16_t x; };
@@ -62,6 +66,33 @@ struct NscBlock {
   bool stream = false;  // outputs: non-temporal stores (see kernels_impl.h, vout)
 };
 
+// What the forward's elementwise kernels add to y = (x − center)·scale + shift: the residual
+// (an input of x's layout, indexed as x) and the activation, y = act(z + residual).
+template <typename T>
+struct Fuse {
+  const T* residual = nullptr;
+  Act act = Act::None;
+  typename KAcc<T>::type slope = 0;  // LeakyReLU's negative slope
+  bool plain() const { return residual == nullptr && act == Act::None; }
+};
+
+// What the backward's reductions do first when the forward had an activation: recompute
+// z = (x − mean[c])·scale[c] + shift[c] [+ residual] (scale = weight·invstd, shift = bias, the
+// forward's centred transform), take g = dy·act'(z) in place of dy, and store g (laid out as
+// x) for the dx pass, which then reads g instead of dy. act == None: dy as it is, nothing
+// stored.
+template <typename T>
+struct GradFuse {
+  using A = typename KAcc<T>::type;
+  const T* residual = nullptr;
+  T* g = nullptr;
+  Act act = Act::None;
+  A slope = 0;
+  const A* scale = nullptr;  // per channel
+  const A* shift = nullptr;
+  bool plain() const { return act == Act::None; }
+};
+
 template <typename T>
 struct Kernels {
   using A = typename KAcc<T>::type;
@@ -70,12 +101,14 @@ struct Kernels {
   // element, two exact passes if that element does not suit.
   void (*ncs_moments)(const T* x, const NcsPiece& p, double* out);
   // y = (x − center)·scale + shift over a piece.
-  void (*ncs_affine)(const T* x, T* y, const NcsPiece& p, A center, A scale, A shift);
+  void (*ncs_affine)(const T* x, T* y, const NcsPiece& p, A center, A scale, A shift,
+                     const Fuse<T>& f);
   // y = (x − center[c])·scale[c] + shift[c] over rows (parameter arrays indexed by c).
   void (*ncs_affine_rows)(const T* x, T* y, const NcsRows& r, const A* center, const A* scale,
-                          const A* shift);
+                          const A* shift, const Fuse<T>& f);
   // out = {Σdy, Σdy·(x − mean)} over a piece.
-  void (*ncs_bwd_sums)(const T* x, const T* dy, const NcsPiece& p, A mean, double* out);
+  void (*ncs_bwd_sums)(const T* x, const T* dy, const NcsPiece& p, A mean, double* out,
+                       const GradFuse<T>& gf);
   // dx = dy·k0 + (x − mean)·k1 + k2 over a piece.
   void (*ncs_bwd_dx)(const T* x, const T* dy, T* dx, const NcsPiece& p, A mean, A k0, A k1, A k2);
   // dx = dy·k0[c] + (x − mean[c])·k1[c] + k2[c] over rows (arrays indexed by c).
@@ -87,12 +120,15 @@ struct Kernels {
   // block and the writes of the other interleave, and the reduction reads each sample's runs
   // in address order.
   void (*ncs_block_moments)(const T* x, T* y, const NcsBlocks& b, const A* center,
-                            const A* scale, const A* shift, double* mean, double* m2);
+                            const A* scale, const A* shift, double* mean, double* m2,
+                            const Fuse<T>& f);
   // For S ≥ width, sample by sample: s0[c − r0] = Σdy, s1[c − r0] = Σdy·(x − mean[c]) over the
   // channels [r0, r1) (as ncs_bwd_sums, bit for bit), and
   // dx = dy·k0[c] + (x − mean[c])·k1[c] + k2[c] over the channels [w0, w1) (none if dx is null).
+  // With a fused activation (gf) the sums take g and dx reads g (gf.g).
   void (*ncs_block_bwd)(const T* x, const T* dy, T* dx, const NcsBlocks& b, const A* mean,
-                        const A* k0, const A* k1, const A* k2, double* s0, double* s1);
+                        const A* k0, const A* k1, const A* k2, double* s0, double* s1,
+                        const GradFuse<T>& gf);
   // Spans (NcsSpans): the moments of channels [c0, c1) (one pass shifted by the mean of each
   // channel's first samples; a channel the shift does not suit is redone by ncs_moments), written
   // to mean[c − c0], m2[c − c0].
@@ -100,10 +136,10 @@ struct Kernels {
   // y = (x − center[c])·scale[c] + shift[c] over the spans (arrays indexed by c); center
   // null: the folded form, as nsc_affine.
   void (*ncs_span_affine)(const T* x, T* y, const NcsSpans& b, const A* center, const A* scale,
-                          const A* shift);
+                          const A* shift, const Fuse<T>& f);
   // s0[c − c0] = Σdy, s1[c − c0] = Σdy·(x − mean[c]) over the spans.
   void (*ncs_span_bwd_sums)(const T* x, const T* dy, const NcsSpans& b, const A* mean,
-                            double* s0, double* s1);
+                            double* s0, double* s1, const GradFuse<T>& gf);
   // dx = dy·k0[c] + (x − mean[c])·k1[c] + k2[c] over the spans.
   void (*ncs_span_dx)(const T* x, const T* dy, T* dx, const NcsSpans& b, const A* mean,
                       const A* k0, const A* k1, const A* k2);
@@ -114,16 +150,18 @@ struct Kernels {
   // y = (x − center[c])·scale[c] + shift[c] over the block (parameter arrays indexed by c);
   // center null: y = x·scale[c] + shift[c] (the folded form, one parameter load fewer).
   void (*nsc_affine)(const T* x, T* y, const NscBlock& b, const A* center, const A* scale,
-                     const A* shift);
+                     const A* shift, const Fuse<T>& f);
   // Per channel: s0[c − c0] = Σdy, s1[c − c0] = Σdy·(x − mean[c]).
   void (*nsc_bwd_sums)(const T* x, const T* dy, const NscBlock& b, const A* mean, double* s0,
-                       double* s1);
+                       double* s1, const GradFuse<T>& gf);
   // dx = dy·k0[c] + (x − mean[c])·k1[c] + k2[c] over the block; mean null: the folded
   // dx = dy·k0[c] + x·k1[c] + k2[c].
   void (*nsc_bwd_dx)(const T* x, const T* dy, T* dx, const NscBlock& b, const A* mean,
                      const A* k0, const A* k1, const A* k2);
 };
 
+// Every kernel that writes y takes a Fuse (the residual and activation, applied to the centred
+// transform: a caller passes center with an activation); every backward reduction a GradFuse.
 struct KernelTable {
   const char* isa;
   Kernels<float> f32;

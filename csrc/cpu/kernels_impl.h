@@ -228,6 +228,115 @@ FI void end_stream(bool stream) {
 #endif
 }
 
+// ---------------------------------------------------------------- fused activation
+// e^x of float lanes: Cephes' expf (x = n·ln 2 + r, a degree-5 polynomial in r, 2^n built in
+// the exponent bits), within 2 ulps of std::exp on [−87, 88], clamped outside (where the
+// sigmoid it serves is 0 or 1 to float precision).
+FI vf vexp(vf x) {
+  const vf lo = vf{} - 87.0f, hi = vf{} + 88.0f;
+  x = x < lo ? lo : x;
+  x = x > hi ? hi : x;
+  const float magic = 12582912.0f;  // 1.5·2^23: adding it rounds to an integer
+  const vf n = (x * 1.44269504088896341f + magic) - magic;
+  const vf r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+  vf q = vf{} + 1.9875691500e-4f;
+  q = q * r + 1.3981999507e-3f;
+  q = q * r + 8.3334519073e-3f;
+  q = q * r + 4.1665795894e-2f;
+  q = q * r + 1.6666665459e-1f;
+  q = q * r + 5.0000001201e-1f;
+  q = q * (r * r) + r + 1.0f;
+  const vi32 e = (__builtin_convertvector(n, vi32) + 127) << 23;
+  return q * (vf)e;
+}
+FI vd vexp(vd x) {  // double lanes: the library's exp, lane by lane
+  double t[VB / 8];
+  std::memcpy(t, &x, VB);
+  for (int l = 0; l < VB / 8; ++l) t[l] = __builtin_exp(t[l]);
+  std::memcpy(&x, t, VB);
+  return x;
+}
+// Scalars (run tails) through the same formula as their vectors.
+FI float vexp(float x) { return vexp(vf{} + x)[0]; }
+FI double vexp(double x) { return __builtin_exp(x); }
+
+// V: a vector of A or A itself (run tails).
+template <typename V, typename T> FI V load_as(const T* p) {
+  if constexpr (std::is_arithmetic_v<V>) return sload(p);
+  else return vload(p);
+}
+
+template <Act kAct, typename V, typename A>
+FI V act_value(V z, A slope) {
+  if constexpr (kAct == Act::ReLU) return z < V{} ? V{} : z;
+  else if constexpr (kAct == Act::LeakyReLU) return z < V{} ? z * slope : z;
+  else if constexpr (kAct == Act::SiLU) return z / (A(1) + vexp(-z));
+  else return z;
+}
+
+// dy·act'(z)
+template <Act kAct, typename V, typename A>
+FI V act_grad(V dy, V z, A slope) {
+  if constexpr (kAct == Act::ReLU) return z > V{} ? dy : V{};
+  else if constexpr (kAct == Act::LeakyReLU) return z > V{} ? dy : dy * slope;
+  else if constexpr (kAct == Act::SiLU) {
+    const V s = A(1) / (A(1) + vexp(-z));
+    return dy * (s * (A(1) + z * (A(1) - s)));
+  } else return dy;
+}
+
+// The forward's epilogue on z = (x − center)·scale + shift of element i: + residual, then the
+// activation. Epi<None, false> is the plain batch norm (the same code as without it).
+template <Act kAct, bool kRes>
+struct Epi {
+  static constexpr bool kPlain = kAct == Act::None && !kRes;
+  template <typename V, typename T, typename A>
+  static FI V out(V z, const T* r, int64_t i, A slope) {
+    if constexpr (kRes) z = z + load_as<V>(r + i);
+    return act_value<kAct>(z, slope);
+  }
+};
+
+// body.template operator()<P<act, residual>>() with both as compile-time constants (P: Epi
+// or Grad).
+template <template <Act, bool> class P, typename F>
+FI void with_act(Act act, bool residual, const F& body) {
+  auto acts = [&]<bool kRes>() FI_LAMBDA {
+    switch (act) {
+      case Act::ReLU: return body.template operator()<P<Act::ReLU, kRes>>();
+      case Act::SiLU: return body.template operator()<P<Act::SiLU, kRes>>();
+      case Act::LeakyReLU: return body.template operator()<P<Act::LeakyReLU, kRes>>();
+      default: return body.template operator()<P<Act::None, kRes>>();
+    }
+  };
+  if (residual) acts.template operator()<true>();
+  else acts.template operator()<false>();
+}
+
+template <typename T, typename F>
+FI void with_epilogue(const Fuse<T>& f, const F& body) {
+  with_act<Epi>(f.act, f.residual != nullptr, body);
+}
+
+// The backward's g = dy·act'(z) with z recomputed as the forward computed it (see GradFuse).
+// Grad<None, false> is the plain backward: g = dy, nothing stored.
+template <Act kAct, bool kRes>
+struct Grad {
+  static constexpr bool kPlain = kAct == Act::None;
+  template <typename V, typename T, typename A>
+  static FI V g(V dy, V xmu, V s, V h, const T* r, int64_t i, A slope) {
+    V z = xmu * s + h;
+    if constexpr (kRes) z = z + load_as<V>(r + i);
+    return act_grad<kAct>(dy, z, slope);
+  }
+};
+
+// (Grad<None, …> is plain whatever the residual: the plain backward does not read it.)
+template <typename T, typename F>
+FI void with_grad(const GradFuse<T>& gf, const F& body) {
+  with_act<Grad>(gf.act, gf.residual != nullptr && !gf.plain(), body);
+}
+
 // ---------------------------------------------------------------- reductions
 constexpr int64_t kFoldVecs = 64;  // vectors per float block (16 per accumulator)
 
@@ -426,23 +535,49 @@ struct DevTerms {  // Σd, Σd² with d = x − center
     t[1] += d * d;
   }
 };
+// One channel's fused-backward values (GradFuse) at the origin of a run: residual and g at the
+// run's offset, the channel's scale and shift.
 template <typename T, typename A>
-struct BwdTerms {  // Σdy, Σdy·(x − mean)
+struct GradAt {
+  const T* r = nullptr;
+  T* g = nullptr;
+  A s = 0, h = 0, slope = 0;
+};
+template <typename T, typename A>
+FI GradAt<T, A> grad_at(const GradFuse<T>& gf, int64_t off, int64_t c) {
+  if (gf.plain()) return {};
+  return {gf.residual ? gf.residual + off : nullptr, gf.g + off, gf.scale[c], gf.shift[c], gf.slope};
+}
+
+template <typename T, typename A, typename G = Grad<Act::None, false>>
+struct BwdTerms {  // Σg, Σg·(x − mean) with g = dy (plain) or dy·act'(z), stored
   static constexpr int K = 2;
   using V = typename VecOf<A>::V;
   const T *x, *g;
   A m;
   V vm;
-  FI BwdTerms(const T* x_, const T* g_, A m_) : x(x_), g(g_), m(m_), vm(V{} + m_) {}
+  GradAt<T, A> f;
+  FI BwdTerms(const T* x_, const T* g_, A m_, const GradAt<T, A>& f_ = {})
+      : x(x_), g(g_), m(m_), vm(V{} + m_), f(f_) {}
   FI void vec(int64_t i, V* a) const {
-    const V gv = vload(g + i);
+    V gv = vload(g + i);
+    const V xmu = vload(x + i) - vm;
+    if constexpr (!G::kPlain) {
+      gv = G::g(gv, xmu, V{} + f.s, V{} + f.h, f.r, i, f.slope);
+      vstore(f.g + i, gv);
+    }
     a[0] += gv;
-    a[1] += gv * (vload(x + i) - vm);
+    a[1] += gv * xmu;
   }
   FI void scal(int64_t i, A* t) const {
-    const A gs = sload(g + i);
+    A gs = sload(g + i);
+    const A xmu = sload(x + i) - m;
+    if constexpr (!G::kPlain) {
+      gs = G::g(gs, xmu, f.s, f.h, f.r, i, f.slope);
+      sstore(f.g + i, gs);
+    }
     t[0] += gs;
-    t[1] += gs * (sload(x + i) - m);
+    t[1] += gs * xmu;
   }
 };
 
@@ -485,9 +620,16 @@ void ncs_moments(const T* x, const NcsPiece& p, double* out) {
 }
 
 template <typename T, typename A>
-void ncs_bwd_sums(const T* x, const T* dy, const NcsPiece& p, A mean, double* out) {
-  piece_totals<A, 2>(
-      p, [x, dy, mean](int64_t off) { return BwdTerms<T, A>(x + off, dy + off, mean); }, out);
+void ncs_bwd_sums(const T* x, const T* dy, const NcsPiece& p, A mean, double* out,
+                  const GradFuse<T>& gf) {
+  with_grad(gf, [&]<typename G>() {
+    piece_totals<A, 2>(
+        p,
+        [&](int64_t off) FI_LAMBDA {
+          return BwdTerms<T, A, G>(x + off, dy + off, mean, grad_at<T, A>(gf, off, p.c));
+        },
+        out);
+  });
 }
 
 // Elementwise over one run of n elements: out = value(vector or scalar at element i). When the
@@ -535,14 +677,17 @@ FI void map_run(T* out, int64_t n, bool alias, bool stream, const VF& vec, const
   for (; i < n; ++i) sstore(out + i, scal(i));
 }
 
-template <typename T, typename A>
-FI void affine_run(const T* x, T* y, int64_t n, A c, A s, A h, bool stream) {
+// y = E::out((x − c)·s + h) over one run (r: the residual at the run, or null).
+template <typename E, typename T, typename A>
+FI void affine_run(const T* x, T* y, int64_t n, A c, A s, A h, bool stream, const T* r = nullptr,
+                   A slope = 0) {
   using V = typename VecOf<A>::V;
   const V vc = V{} + c, vs = V{} + s, vh = V{} + h;
   map_run<T, A>(y, n, (const void*)x == (const void*)y, stream,
-                [=](int64_t i) { return (vload(x + i) - vc) * vs + vh; },
-                [=](int64_t i) { return (sload(x + i) - c) * s + h; });
+                [=](int64_t i) { return E::out((vload(x + i) - vc) * vs + vh, r, i, slope); },
+                [=](int64_t i) { return E::out((sload(x + i) - c) * s + h, r, i, slope); });
 }
+template <typename T> FI const T* at_offset(const T* p, int64_t off) { return p ? p + off : nullptr; }
 
 // dx = xmu·k1 + (dy·k0 + k2) with xmu = x − mean (or x itself in the folded form, whose k2
 // includes −mean·k1), parenthesized so that each addition has one product to contract into an
@@ -564,9 +709,13 @@ FI void dx_run(const T* x, const T* g, T* d, int64_t n, A m, A k0, A k1, A k2, b
 }
 
 template <typename T, typename A>
-void ncs_affine(const T* x, T* y, const NcsPiece& p, A center, A scale, A shift) {
-  for_each_run(p, [&](int64_t off, int64_t n) {
-    affine_run(x + off, y + off, n, center, scale, shift, p.stream);
+void ncs_affine(const T* x, T* y, const NcsPiece& p, A center, A scale, A shift,
+                const Fuse<T>& f) {
+  with_epilogue(f, [&]<typename E>() {
+    for_each_run(p, [&](int64_t off, int64_t n) {
+      affine_run<E>(x + off, y + off, n, center, scale, shift, p.stream, at_offset(f.residual, off),
+                    f.slope);
+    });
   });
   end_stream(p.stream);
 }
@@ -592,9 +741,12 @@ FI void for_each_row(const NcsRows& r, const F& f) {
 
 template <typename T, typename A>
 void ncs_affine_rows(const T* x, T* y, const NcsRows& r, const A* center, const A* scale,
-                     const A* shift) {
-  for_each_row(r, [&](int64_t c, int64_t off) {
-    affine_run(x + off, y + off, r.S, center[c], scale[c], shift[c], r.stream);
+                     const A* shift, const Fuse<T>& f) {
+  with_epilogue(f, [&]<typename E>() {
+    for_each_row(r, [&](int64_t c, int64_t off) {
+      affine_run<E>(x + off, y + off, r.S, center[c], scale[c], shift[c], r.stream,
+                    at_offset(f.residual, off), f.slope);
+    });
   });
   end_stream(r.stream);
 }
@@ -644,19 +796,22 @@ FI void for_block_rows(const NcsBlocks& b, int64_t n, const F& f) {
 
 template <typename T, typename A>
 void ncs_block_moments(const T* x, T* y, const NcsBlocks& b, const A* center, const A* scale,
-                       const A* shift, double* mean, double* m2) {
+                       const A* shift, double* mean, double* m2, const Fuse<T>& f) {
   const int64_t nr = b.r1 - b.r0, M = b.N * b.S;
   A first[kMaxBlockChannels];  // each channel's shift: its first element, as in ncs_moments
   for (int64_t i = 0; i < nr; ++i) first[i] = sload(x + (b.r0 + i) * b.S);
   double dev[2 * kMaxBlockChannels];
-  block_totals<A, 2>(
-      b, [&](int64_t off, int64_t c) FI_LAMBDA { return DevTerms<T, A>(x + off, first[c - b.r0]); },
-      [&](int64_t n) FI_LAMBDA {
-        for_block_rows(b, n, [&](int64_t c, int64_t off) {
-          affine_run(x + off, y + off, b.S, center[c], scale[c], shift[c], b.stream);
-        });
-      },
-      dev);
+  with_epilogue(f, [&]<typename E>() {
+    block_totals<A, 2>(
+        b, [&](int64_t off, int64_t c) FI_LAMBDA { return DevTerms<T, A>(x + off, first[c - b.r0]); },
+        [&](int64_t n) FI_LAMBDA {
+          for_block_rows(b, n, [&](int64_t c, int64_t off) {
+            affine_run<E>(x + off, y + off, b.S, center[c], scale[c], shift[c], b.stream,
+                          at_offset(f.residual, off), f.slope);
+          });
+        },
+        dev);
+  });
   const double count = double(M);
   for (int64_t i = 0; i < nr; ++i) {
     if (moments_from_deviations(double(first[i]), dev[i], dev[nr + i], 1 / count, &mean[i], &m2[i]))
@@ -671,18 +826,24 @@ void ncs_block_moments(const T* x, T* y, const NcsBlocks& b, const A* center, co
 
 template <typename T, typename A>
 void ncs_block_bwd(const T* x, const T* dy, T* dx, const NcsBlocks& b, const A* mean, const A* k0,
-                   const A* k1, const A* k2, double* s0, double* s1) {
+                   const A* k1, const A* k2, double* s0, double* s1, const GradFuse<T>& gf) {
   const int64_t nr = b.r1 - b.r0;
   double tot[2 * kMaxBlockChannels];
-  block_totals<A, 2>(
-      b, [&](int64_t off, int64_t c) FI_LAMBDA { return BwdTerms<T, A>(x + off, dy + off, mean[c]); },
-      [&](int64_t n) FI_LAMBDA {
-        if (!dx) return;
-        for_block_rows(b, n, [&](int64_t c, int64_t off) {
-          dx_run(x + off, dy + off, dx + off, b.S, mean[c], k0[c], k1[c], k2[c], b.stream);
-        });
-      },
-      tot);
+  const T* g = gf.plain() ? dy : gf.g;  // what dx reads: the block before was reduced already
+  with_grad(gf, [&]<typename G>() {
+    block_totals<A, 2>(
+        b,
+        [&](int64_t off, int64_t c) FI_LAMBDA {
+          return BwdTerms<T, A, G>(x + off, dy + off, mean[c], grad_at<T, A>(gf, off, c));
+        },
+        [&](int64_t n) FI_LAMBDA {
+          if (!dx) return;
+          for_block_rows(b, n, [&](int64_t c, int64_t off) {
+            dx_run(x + off, g + off, dx + off, b.S, mean[c], k0[c], k1[c], k2[c], b.stream);
+          });
+        },
+        tot);
+  });
   for (int64_t i = 0; i < nr; ++i) {
     s0[i] = tot[i];
     s1[i] = tot[nr + i];
@@ -1044,21 +1205,28 @@ FI void for_nsc_vectors(T* out, const NscBlock& b, const VF& vec, const SF& scal
 // parameters indexed by the lane c that walk gives each vector:
 // walk.template operator()<Stream>(vec, scal) calls vec(i, c, stream) and scal(i, c) (see
 // for_nsc_vectors).
-template <typename T, typename A, typename Walk>
+// With an epilogue E (residual, activation: f), the centred form only (the caller passes
+// center: the backward recomputes z centred).
+template <typename E, typename T, typename A, typename Walk>
 FI void affine_lanes(const T* x, T* y, const A* pc, const A* ps, const A* ph, bool stream,
-                     const Walk& walk) {
+                     const Walk& walk, const Fuse<T>& f) {
   // Captures by value: with -fno-strict-aliasing, pointers read through references would be
   // reloaded after every store.
+  const T* r = f.residual;
+  const A slope = f.slope;
   with_forms(pc != nullptr, stream, [=]<bool Centered, bool Stream>() {
-    walk.template operator()<Stream>(
-        [=](int64_t i, int64_t c, bool stream) FI_LAMBDA {
-          auto xv = vload(x + i);
-          if constexpr (Centered) xv = xv - vload(pc + c);
-          vout(y + i, xv * vload(ps + c) + vload(ph + c), stream);
-        },
-        [=](int64_t i, int64_t c) FI_LAMBDA {
-          sstore(y + i, (sload(x + i) - (Centered ? pc[c] : A(0))) * ps[c] + ph[c]);
-        });
+    if constexpr (E::kPlain || Centered) {
+      walk.template operator()<Stream>(
+          [=](int64_t i, int64_t c, bool stream) FI_LAMBDA {
+            auto xv = vload(x + i);
+            if constexpr (Centered) xv = xv - vload(pc + c);
+            vout(y + i, E::out(xv * vload(ps + c) + vload(ph + c), r, i, slope), stream);
+          },
+          [=](int64_t i, int64_t c) FI_LAMBDA {
+            sstore(y + i, E::out((sload(x + i) - (Centered ? pc[c] : A(0))) * ps[c] + ph[c], r, i,
+                                 slope));
+          });
+    }
   });
 }
 
@@ -1084,20 +1252,34 @@ FI void dx_lanes(const T* x, const T* dy, T* dx, const A* pm, const A* q0, const
 
 template <typename T, typename A>
 void nsc_affine(const T* x, T* y, const NscBlock& b, const A* center, const A* scale,
-                const A* shift) {
+                const A* shift, const Fuse<T>& f) {
   constexpr int W = VecOf<A>::W;
   const auto params = nsc_params<W, A, 3>(b, {center, scale, shift});
-  affine_lanes(x, y, params.p[0], params.p[1], params.p[2], nsc_stream<W>(b),
-               [&]<bool Stream>(const auto& vec, const auto& scal) FI_LAMBDA {
-                 for_nsc_vectors<W, Stream>(y, b, vec, scal);
-               });
+  with_epilogue(f, [&]<typename E>() {
+    affine_lanes<E>(x, y, params.p[0], params.p[1], params.p[2], nsc_stream<W>(b),
+                    [&]<bool Stream>(const auto& vec, const auto& scal) FI_LAMBDA {
+                      for_nsc_vectors<W, Stream>(y, b, vec, scal);
+                    },
+                    f);
+  });
   end_stream(b.stream);
 }
 
-// The column sums of panel_column_sums for the backward: Σdy and Σdy·(x − m) per column
-// chunk in registers, of rows of C elements from x and dy with the means m indexed by column.
-template <typename A, typename T>
-FI auto bwd_column_sums(const T* x, const T* dy, int64_t C, const A* m) {
+// The fused backward's pointers and per-column arrays (GradFuse) for the column sums: residual
+// and g with x's origin and row length, scale and shift indexed as the means.
+template <typename T, typename A>
+struct GradCols {
+  const T* r = nullptr;
+  T* g = nullptr;
+  const A *s = nullptr, *h = nullptr;
+  A slope = 0;
+};
+
+// The column sums of panel_column_sums for the backward: Σg and Σg·(x − m) per column
+// chunk in registers, of rows of C elements from x and dy with the means m indexed by column;
+// g = dy, or (G not plain) dy·act'(z), stored to f.g.
+template <typename G, typename A, typename T>
+FI auto bwd_column_sums(const T* x, const T* dy, int64_t C, const A* m, const GradCols<T, A>& f = {}) {
   using V = typename VecOf<A>::V;
   constexpr int W = VecOf<A>::W;
   return [=]<int U>(int64_t o, int64_t ra, int64_t rb, V* t0, V* t1) FI_LAMBDA {
@@ -1106,32 +1288,50 @@ FI auto bwd_column_sums(const T* x, const T* dy, int64_t C, const A* m) {
     for (int64_t r = ra; r < rb; ++r) {
       const T *xr = x + r * C + o, *gr = dy + r * C + o;
       for (int u = 0; u < U; ++u) {
-        const V g = vload(gr + u * W);
+        V g = vload(gr + u * W);
+        const V xmu = vload(xr + u * W) - mv[u];
+        if constexpr (!G::kPlain) {
+          const int64_t i = r * C + o + u * W;
+          g = G::g(g, xmu, vload(f.s + o + u * W), vload(f.h + o + u * W), f.r, i, f.slope);
+          vstore(f.g + i, g);
+        }
         t0[u] += g;
-        t1[u] += g * (vload(xr + u * W) - mv[u]);
+        t1[u] += g * xmu;
       }
     }
   };
 }
 
-template <typename T, typename A>
-void nsc_bwd_sums(const T* x, const T* dy, const NscBlock& b, const A* mean, double* s0,
-                  double* s1) {
+template <typename G, typename T, typename A>
+void nsc_bwd_sums_g(const T* x, const T* dy, const NscBlock& b, const A* mean, double* s0,
+                    double* s1, const GradFuse<T>& gf) {
   constexpr int W = VecOf<A>::W;
   // Channel o's terms of row r, in scalar.
   auto row_terms = [&](int64_t r, int64_t o, double& t0, double& t1) {
-    const A g = sload(dy + r * b.C + o);
+    const int64_t i = r * b.C + o;
+    A g = sload(dy + i);
+    const A xmu = sload(x + i) - mean[o];
+    if constexpr (!G::kPlain) {
+      g = G::g(g, xmu, gf.scale[o], gf.shift[o], gf.residual, i, gf.slope);
+      sstore(gf.g + i, g);
+    }
     t0 += double(g);
-    t1 += double(g * (sload(x + r * b.C + o) - mean[o]));
+    t1 += double(g * xmu);
   };
   if (nsc_periodic<W>(b)) {
-    const int64_t C = b.C, P = nsc_period<W>(C);
-    alignas(64) A mm[kPanelChannels];
+    const int64_t C = b.C, P = nsc_period<W>(C), at = b.r0 * C;
+    alignas(64) A mm[kPanelChannels], ss[kPanelChannels], hh[kPanelChannels];
     expand_period(mean, C, P, mm);
+    GradCols<T, A> f;
+    if constexpr (!G::kPlain) {
+      expand_period(gf.scale, C, P, ss);
+      expand_period(gf.shift, C, P, hh);
+      f = {at_offset(gf.residual, at), gf.g + at, ss, hh, gf.slope};
+    }
     alignas(64) double q0[kPanelChannels], q1[kPanelChannels];
     for (int64_t i = 0; i < P; ++i) q0[i] = q1[i] = 0;
     panel_column_sums<A>(0, (b.r1 - b.r0) / (P / C), 0, P, q0, q1,
-                         bwd_column_sums<A>(x + b.r0 * C, dy + b.r0 * C, P, mm));
+                         bwd_column_sums<G, A>(x + at, dy + at, P, mm, f));
     period_channel_sums<W>(b, q0, q1, row_terms, [&](int64_t c, double t0, double t1) {
       s0[c] = t0;
       s1[c] = t1;
@@ -1144,7 +1344,9 @@ void nsc_bwd_sums(const T* x, const T* dy, const NscBlock& b, const A* mean, dou
     double* q0 = s0 + (p0 - b.c0);
     double* q1 = s1 + (p0 - b.c0);
     for (int64_t i = 0; i < p1 - p0; ++i) q0[i] = q1[i] = 0;
-    panel_column_sums<A>(b.r0, b.r1, p0, p1, q0, q1, bwd_column_sums<A>(x, dy, b.C, mean));
+    GradCols<T, A> f;
+    if constexpr (!G::kPlain) f = {gf.residual, gf.g, gf.scale, gf.shift, gf.slope};
+    panel_column_sums<A>(b.r0, b.r1, p0, p1, q0, q1, bwd_column_sums<G, A>(x, dy, b.C, mean, f));
   }
   for (int64_t o = cv; o < b.c1; ++o) {
     double t0 = 0, t1 = 0;
@@ -1152,6 +1354,12 @@ void nsc_bwd_sums(const T* x, const T* dy, const NscBlock& b, const A* mean, dou
     s0[o - b.c0] = t0;
     s1[o - b.c0] = t1;
   }
+}
+
+template <typename T, typename A>
+void nsc_bwd_sums(const T* x, const T* dy, const NscBlock& b, const A* mean, double* s0,
+                  double* s1, const GradFuse<T>& gf) {
+  with_grad(gf, [&]<typename G>() { nsc_bwd_sums_g<G>(x, dy, b, mean, s0, s1, gf); });
 }
 
 template <typename T, typename A>
@@ -1297,28 +1505,39 @@ FI auto span_params(const NcsSpans& b, const std::array<const A*, K>& v) {
 
 template <typename T, typename A>
 void ncs_span_affine(const T* x, T* y, const NcsSpans& b, const A* center, const A* scale,
-                     const A* shift) {
+                     const A* shift, const Fuse<T>& f) {
   constexpr int W = VecOf<A>::W;
   const auto p = span_params<A, 3>(b, {center, scale, shift});
-  affine_lanes(x, y, p.p[0], p.p[1], p.p[2], b.stream,
-               [&]<bool Stream>(const auto& vec, const auto&) FI_LAMBDA {
-                 for_span_vectors<W, Stream>(y, b, vec);
-               });
+  with_epilogue(f, [&]<typename E>() {
+    affine_lanes<E>(x, y, p.p[0], p.p[1], p.p[2], b.stream,
+                    [&]<bool Stream>(const auto& vec, const auto&) FI_LAMBDA {
+                      for_span_vectors<W, Stream>(y, b, vec);
+                    },
+                    f);
+  });
   end_stream(b.stream);
 }
 
 template <typename T, typename A>
 void ncs_span_bwd_sums(const T* x, const T* dy, const NcsSpans& b, const A* mean, double* s0,
-                       double* s1) {
+                       double* s1, const GradFuse<T>& gf) {
   constexpr int W = VecOf<A>::W;
-  alignas(64) A m[kMaxSpanLanes + W];
+  alignas(64) A m[kMaxSpanLanes + W], ss[kMaxSpanLanes + W], hh[kMaxSpanLanes + W];
   expand_runs(mean + b.c0, b.c1 - b.c0, b.S, m);
   const int64_t at = b.c0 * b.S;  // sample 0's span
-  span_channel_sums<A>(b, bwd_column_sums<A>(x + at, dy + at, b.C * b.S, m),
-                       [&](int64_t i, double t0, double t1) {
-                         s0[i] = t0;
-                         s1[i] = t1;
-                       });
+  with_grad(gf, [&]<typename G>() {
+    GradCols<T, A> f;
+    if constexpr (!G::kPlain) {
+      expand_runs(gf.scale + b.c0, b.c1 - b.c0, b.S, ss);
+      expand_runs(gf.shift + b.c0, b.c1 - b.c0, b.S, hh);
+      f = {at_offset(gf.residual, at), gf.g + at, ss, hh, gf.slope};
+    }
+    span_channel_sums<A>(b, bwd_column_sums<G, A>(x + at, dy + at, b.C * b.S, m, f),
+                         [&](int64_t i, double t0, double t1) {
+                           s0[i] = t0;
+                           s1[i] = t1;
+                         });
+  });
 }
 
 template <typename T, typename A>

@@ -43,9 +43,11 @@ OptTensor optional_of(const at::Tensor& t) { return t.defined() ? OptTensor(t) :
 // fastbn has no forward-mode derivative (jvp). Refused before the op runs: otherwise the
 // tangent would be dropped silently (and, with a graph, only after the running statistics
 // were updated).
-void check_no_forward_ad(const at::Tensor& input, const OptTensor& weight, const OptTensor& bias) {
+void check_no_forward_ad(const at::Tensor& input, const OptTensor& weight, const OptTensor& bias,
+                         const OptTensor& residual) {
   using torch::autograd::isFwGradDefined;
-  TORCH_CHECK(!isFwGradDefined(input) && !isFwGradDefined(weight) && !isFwGradDefined(bias),
+  TORCH_CHECK(!isFwGradDefined(input) && !isFwGradDefined(weight) && !isFwGradDefined(bias) &&
+                  !isFwGradDefined(residual),
               "fastbn: forward-mode AD (dual tensors, jvp) is not supported; use "
               "torch.nn.BatchNorm for it");
 }
@@ -61,29 +63,46 @@ void bump_versions(std::initializer_list<const OptTensor*> mutated) {
 
 SavedVariable saved(const at::Tensor& t) { return SavedVariable(t, /*is_output=*/false); }
 
-// The gradients of either forward: training normalized with the batch's mean and invstd, eval
-// with the running mean and variance (and eps), whose invstd is computed here so that the eval
-// forward does no extra work. Outputs masked out are left undefined.
+// What the forward fused after the normalization: y = act(bn(x) + residual).
+struct Fused {
+  at::Tensor bias, residual;  // saved only with an activation (the backward recomputes its input)
+  int64_t activation = 0;
+  double negative_slope = 0;
+};
+
+// The gradients of either forward (input, weight, bias, residual): training normalized with the
+// batch's mean and invstd, eval with the running mean and variance (and eps), whose invstd is
+// computed here so that the eval forward does no extra work. Outputs masked out are left
+// undefined. Without an activation the residual's gradient is grad_output itself.
 variable_list batch_norm_grads(const at::Tensor& grad_output, const at::Tensor& input,
                                const at::Tensor& weight, at::Tensor mean, at::Tensor invstd,
-                               bool training, double eps, std::array<bool, 3> mask) {
-  variable_list out(3);
-  if (!grad_output.defined() || !(mask[0] || mask[1] || mask[2])) return out;
+                               bool training, double eps, const Fused& fused,
+                               std::array<bool, 4> mask) {
+  variable_list out(4);
+  if (!grad_output.defined()) return out;
+  const bool act = fused.activation != 0;
+  if (!act && mask[3]) out[3] = grad_output;
+  if (!(mask[0] || mask[1] || mask[2] || (act && mask[3]))) return out;
   if (!training) {
     const auto stats = stats_dtype(input.scalar_type());
     mean = mean.to(stats);
-    invstd = (invstd.to(stats) + eps).rsqrt();
+    // With an activation in double, as the CPU forward computes it, so that the recomputed
+    // activation input matches the forward's (a ReLU's mask at z ≈ 0).
+    invstd = act ? (invstd.to(at::kDouble) + eps).rsqrt().to(stats) : (invstd.to(stats) + eps).rsqrt();
   }
   // Under create_graph (grad mode on) this dispatches through autograd (backward_autograd),
   // which makes a second differentiation fail loudly instead of silently; otherwise it goes
   // straight to the device kernel (about 1 µs less per call).
   std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
   if (!at::GradMode::is_enabled()) below_autograd.emplace();
-  auto [dx, dw, db] = backward_op().call(grad_output, input, optional_of(weight), mean, invstd,
-                                         training, mask);
+  auto [dx, dw, db, dr] = backward_op().call(
+      grad_output, input, optional_of(weight), mean, invstd, training, {mask[0], mask[1], mask[2]},
+      act ? optional_of(fused.bias) : std::nullopt, act ? optional_of(fused.residual) : std::nullopt,
+      fused.activation, fused.negative_slope, act && mask[3]);
   if (mask[0]) out[0] = std::move(dx);  // masked-out outputs come back empty: left undefined
   if (mask[1]) out[1] = std::move(dw);
   if (mask[2]) out[2] = std::move(db);
+  if (act && mask[3]) out[3] = std::move(dr);
   return out;
 }
 
@@ -107,19 +126,30 @@ variable_list batch_norm_grads_packed(const variable_list& grads, const std::vec
   auto invstd = packed.unpack<at::Tensor>();
   const auto training = packed.unpack<bool>();
   const auto eps = packed.unpack<double>();
-  const auto mask = packed.unpack<std::array<bool, 3>>();
+  Fused fused;
+  fused.bias = packed.unpack<std::optional<at::Tensor>>().value_or(at::Tensor());
+  fused.residual = packed.unpack<std::optional<at::Tensor>>().value_or(at::Tensor());
+  fused.activation = packed.unpack<int64_t>();
+  fused.negative_slope = packed.unpack<double>();
+  const auto mask = packed.unpack<std::array<bool, 4>>();
   return batch_norm_grads(grads[0], input, weight.value_or(at::Tensor()), std::move(mean),
-                          std::move(invstd), training, eps, mask);
+                          std::move(invstd), training, eps, fused, mask);
 }
 
-// The backward of both forwards. Next edges: input, weight, bias (an absent or frozen one has an
-// invalid edge, and task_should_compute_output says so). Saved: the input and weight, and the
-// statistics the forward normalized with: the batch's mean and invstd in training, the running
-// mean and variance (with eps) in eval.
+// The backward of both forwards. Next edges: input, weight, bias, residual (an absent or frozen
+// one has an invalid edge, and task_should_compute_output says so). Saved: the input and weight,
+// the statistics the forward normalized with (the batch's mean and invstd in training, the
+// running mean and variance, with eps, in eval) and, with an activation, bias and residual.
 struct BatchNormBackward final : Node {
-  SavedVariable input_, weight_, mean_, invstd_;
+  SavedVariable input_, weight_, mean_, invstd_, bias_, residual_;
   bool training_ = true;
   double eps_ = 0;  // eval only
+  int64_t activation_ = 0;
+  double negative_slope_ = 0;
+
+  Fused fused() {
+    return {bias_.unpack(), residual_.unpack(), activation_, negative_slope_};
+  }
 
   std::string name() const override {
     return training_ ? "fastbn::BatchNormBackward" : "fastbn::BatchNormEvalBackward";
@@ -131,17 +161,19 @@ struct BatchNormBackward final : Node {
     weight_.reset_data();
     mean_.reset_data();
     invstd_.reset_data();
+    bias_.reset_data();
+    residual_.reset_data();
   }
 
-  std::array<bool, 3> mask() const {
+  std::array<bool, 4> mask() const {
     return {task_should_compute_output(0), task_should_compute_output(1),
-            task_should_compute_output(2)};
+            task_should_compute_output(2), task_should_compute_output(3)};
   }
 
   variable_list apply(variable_list&& grads) override {
     std::lock_guard<std::mutex> lock(mutex_);
     return batch_norm_grads(grads[0], input_.unpack(), weight_.unpack(), mean_.unpack(),
-                            invstd_.unpack(), training_, eps_, mask());
+                            invstd_.unpack(), training_, eps_, fused(), mask());
   }
 
   // Compiled autograd: what keys the compiled graph (the saved tensors' metadata, the mode) ...
@@ -150,15 +182,19 @@ struct BatchNormBackward final : Node {
     args.collect(weight_, /*is_output=*/false);
     args.collect(mean_, /*is_output=*/false);
     args.collect(invstd_, /*is_output=*/false);
+    args.collect(bias_, /*is_output=*/false);
+    args.collect(residual_, /*is_output=*/false);
     args.collect(training_);
     args.collect(eps_);
+    args.collect(activation_);
+    args.collect(negative_slope_);
   }
 
   // ... and the node as a call in that graph: batch_norm_grads on the tracer's stand-ins for the
   // saved tensors. It is traceable (the backward op has a fake kernel), so the graph's compiler
   // sees fastbn::batch_norm_backward itself.
   variable_list apply_with_saved(const variable_list& grads, SwapSavedVariables& saved) override {
-    for (SavedVariable* v : {&input_, &weight_, &mean_, &invstd_}) saved.before(*v);
+    for (SavedVariable* v : {&input_, &weight_, &mean_, &invstd_, &bias_, &residual_}) saved.before(*v);
     GradsArgs args;
     args.add(input_.unpack());
     args.add(optional_of(weight_.unpack()));
@@ -166,6 +202,10 @@ struct BatchNormBackward final : Node {
     args.add(invstd_.unpack());
     args.add(training_);
     args.add(eps_);
+    args.add(optional_of(bias_.unpack()));
+    args.add(optional_of(residual_.unpack()));
+    args.add(activation_);
+    args.add(negative_slope_);
     args.add(mask());
     const auto& compiler = torch::dynamo::autograd::getPyCompilerInterface();
     // (Named as a Python identifier: it becomes an attribute of compiled autograd's op namespace.)
@@ -179,7 +219,7 @@ struct BatchNormBackward final : Node {
         torch::dynamo::autograd::get_input_metadata(next_edges()));
     auto results = compiler->call_function(saved.get_py_compiler(), "apply_functional", fn_name,
                                            grads, std::move(args.packed).vec(), output_metadata);
-    for (SavedVariable* v : {&input_, &weight_, &mean_, &invstd_}) saved.after(*v);
+    for (SavedVariable* v : {&input_, &weight_, &mean_, &invstd_, &bias_, &residual_}) saved.after(*v);
     return results;
   }
 };
@@ -200,43 +240,54 @@ void attach(const c10::intrusive_ptr<Node>& node, std::initializer_list<at::Tens
   torch::autograd::fire_node_creation_hooks(node);
 }
 
-// A BatchNormBackward whose edges lead to input, weight and bias; when none of them requires
-// grad (or grad mode is off), none: the forward then runs without recording a graph. The
-// running statistics get no edge: one that requires grad is refused, as torch refuses it,
+// A BatchNormBackward whose edges lead to input, weight, bias and residual; when none of them
+// requires grad (or grad mode is off), none: the forward then runs without recording a graph.
+// The running statistics get no edge: one that requires grad is refused, as torch refuses it,
 // before the forward changes anything.
 c10::intrusive_ptr<BatchNormBackward> backward_node(const at::Tensor& input,
                                                     const OptTensor& weight,
                                                     const OptTensor& bias,
                                                     const OptTensor& running_mean,
-                                                    const OptTensor& running_var) {
-  if (!torch::autograd::compute_requires_grad(input, weight, bias)) return {};
+                                                    const OptTensor& running_var,
+                                                    const OptTensor& residual,
+                                                    int64_t activation, double negative_slope) {
+  if (!torch::autograd::compute_requires_grad(input, weight, bias, residual)) return {};
   for (const auto& [t, name] : {std::pair{&running_mean, "running_mean"},
                                 std::pair{&running_var, "running_var"}})
     TORCH_CHECK(!(t->has_value() && (*t)->defined() && (*t)->requires_grad()),
                 "fastbn: batch norm is not differentiable with respect to ", name,
                 "; it cannot have requires_grad=True");
   auto node = c10::make_intrusive<BatchNormBackward>();
-  node->set_next_edges(torch::autograd::collect_next_edges(input, weight, bias));
+  node->set_next_edges(torch::autograd::collect_next_edges(input, weight, bias, residual));
   node->input_ = saved(input);
   node->weight_ = saved(weight.value_or(at::Tensor()));
+  if (activation != 0) {
+    node->bias_ = saved(bias.value_or(at::Tensor()));
+    node->residual_ = saved(residual.value_or(at::Tensor()));
+  }
+  node->activation_ = activation;
+  node->negative_slope_ = negative_slope;
   return node;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> train_autograd(
     const at::Tensor& input, const OptTensor& weight, const OptTensor& bias,
     const OptTensor& running_mean, const OptTensor& running_var,
-    const OptTensor& num_batches_tracked, std::optional<double> momentum, double eps) {
+    const OptTensor& num_batches_tracked, std::optional<double> momentum, double eps,
+    const OptTensor& residual, int64_t activation, double negative_slope) {
   // Checked here too: this kernel runs before the dispatcher picks a device, so a tensor on the
   // wrong device gets fastbn's message rather than "could not run ... with the 'X' backend".
   check_forward_args(input, weight, bias, running_mean, running_var, num_batches_tracked,
                      /*training=*/true, /*cumulative=*/!momentum.has_value());
-  check_no_forward_ad(input, weight, bias);
-  const auto node = backward_node(input, weight, bias, running_mean, running_var);
+  check_fused_args(input, residual, activation);
+  check_no_forward_ad(input, weight, bias, residual);
+  const auto node = backward_node(input, weight, bias, running_mean, running_var, residual,
+                                  activation, negative_slope);
   std::tuple<at::Tensor, at::Tensor, at::Tensor> out;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
     out = train_op().call(input, weight, bias, running_mean, running_var, num_batches_tracked,
-                          momentum, eps);
+                          momentum, eps, residual, activation, negative_slope);
   }
   bump_versions({&running_mean, &running_var, &num_batches_tracked});
   if (node) {
@@ -250,15 +301,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> train_autograd(
 
 at::Tensor eval_autograd(const at::Tensor& input, const OptTensor& weight, const OptTensor& bias,
                          const at::Tensor& running_mean, const at::Tensor& running_var,
-                         double eps) {
+                         double eps, const OptTensor& residual, int64_t activation,
+                         double negative_slope) {
   check_forward_args(input, weight, bias, running_mean, running_var, std::nullopt,
                      /*training=*/false, /*cumulative=*/false);
-  check_no_forward_ad(input, weight, bias);
-  const auto node = backward_node(input, weight, bias, running_mean, running_var);
+  check_fused_args(input, residual, activation);
+  check_no_forward_ad(input, weight, bias, residual);
+  const auto node = backward_node(input, weight, bias, running_mean, running_var, residual,
+                                  activation, negative_slope);
   at::Tensor y;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
-    y = eval_op().call(input, weight, bias, running_mean, running_var, eps);
+    y = eval_op().call(input, weight, bias, running_mean, running_var, eps, residual, activation,
+                       negative_slope);
   }
   if (node) {
     node->training_ = false;
@@ -270,22 +325,25 @@ at::Tensor eval_autograd(const at::Tensor& input, const OptTensor& weight, const
   return y;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_autograd(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_autograd(
     const at::Tensor& grad_output, const at::Tensor& input, const OptTensor& weight,
-    const at::Tensor& mean, const at::Tensor& invstd, bool training, std::array<bool, 3> mask) {
-  const bool graph =
-      torch::autograd::compute_requires_grad(grad_output, input, weight, mean, invstd);
-  std::tuple<at::Tensor, at::Tensor, at::Tensor> out;
+    const at::Tensor& mean, const at::Tensor& invstd, bool training, std::array<bool, 3> mask,
+    const OptTensor& bias, const OptTensor& residual, int64_t activation, double negative_slope,
+    bool residual_grad) {
+  const bool graph = torch::autograd::compute_requires_grad(grad_output, input, weight, mean,
+                                                            invstd, bias, residual);
+  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> out;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
-    out = backward_op().call(grad_output, input, weight, mean, invstd, training, mask);
+    out = backward_op().call(grad_output, input, weight, mean, invstd, training, mask, bias,
+                             residual, activation, negative_slope, residual_grad);
   }
   if (graph) {
     auto node = c10::make_intrusive<DoubleBackwardUnsupported>();
-    node->set_next_edges(
-        torch::autograd::collect_next_edges(grad_output, input, weight, mean, invstd));
-    auto& [dx, dw, db] = out;
-    attach(node, {&dx, &dw, &db});
+    node->set_next_edges(torch::autograd::collect_next_edges(grad_output, input, weight, mean,
+                                                             invstd, bias, residual));
+    auto& [dx, dw, db, dr] = out;
+    attach(node, {&dx, &dw, &db, &dr});
   }
   return out;
 }

@@ -123,6 +123,29 @@ void check_backward_args(const at::Tensor& grad_output, const at::Tensor& input,
   }
 }
 
+void check_fused_args(const at::Tensor& input, const OptTensor& residual, int64_t activation) {
+  TORCH_CHECK_VALUE(activation >= 0 && activation <= 3, "fastbn: activation must be 0 (none), "
+                    "1 (relu), 2 (silu) or 3 (leaky_relu), got ", activation);
+  if (!residual.has_value() || !residual->defined()) return;
+  const at::Tensor& r = *residual;
+  TORCH_CHECK_VALUE(r.sym_sizes() == input.sym_sizes(), "fastbn: residual has shape ",
+                    torch_size(r.sym_sizes()), " but the input has shape ",
+                    torch_size(input.sym_sizes()));
+  TORCH_CHECK(r.scalar_type() == input.scalar_type(), "fastbn: residual has dtype ",
+              r.scalar_type(), " but the input has dtype ", input.scalar_type());
+  TORCH_CHECK(r.device() == input.device(), "fastbn: residual is on ", r.device(),
+              " but the input is on ", input.device());
+}
+
+void check_fused_backward_args(const at::Tensor& input, const OptTensor& bias,
+                               const OptTensor& residual, int64_t activation, bool residual_grad) {
+  check_fused_args(input, residual, activation);
+  std::optional<at::ScalarType> param_dtype;
+  check_per_channel(input, bias, "bias", param_dtype);
+  TORCH_CHECK_VALUE(!residual_grad || (residual.has_value() && residual->defined()),
+                    "fastbn: residual_grad=True needs the residual");
+}
+
 at::Tensor canonical_input(const at::Tensor& input) {
   if (input.is_contiguous() || input.movedim(1, -1).is_contiguous()) return input;
   return input.contiguous(input.suggest_memory_format());

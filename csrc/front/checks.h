@@ -20,6 +20,14 @@ void check_backward_args(const at::Tensor& grad_output, const at::Tensor& input,
                          const OptTensor& weight, const at::Tensor& mean,
                          const at::Tensor& invstd);
 
+// The fused epilogue: activation one of 0..3 (none, relu, silu, leaky_relu), a residual of the
+// input's shape, dtype and device.
+void check_fused_args(const at::Tensor& input, const OptTensor& residual, int64_t activation);
+// The backward's: those, the forward's bias (which the backward needs with an activation), and
+// a residual when its gradient is asked for.
+void check_fused_backward_args(const at::Tensor& input, const OptTensor& bias,
+                               const OptTensor& residual, int64_t activation, bool residual_grad);
+
 // The input itself when it is dense in NCS or NSC order, else a copy in the memory format
 // torch would pick for it (so channels_last stays channels_last).
 at::Tensor canonical_input(const at::Tensor& input);

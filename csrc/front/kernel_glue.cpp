@@ -46,6 +46,10 @@ struct PerChannel {
   }
 };
 
+const void* residual_ptr(const FusedEpilogue& f) {
+  return f.residual.has_value() ? f.residual->data_ptr() : nullptr;
+}
+
 // Scratch tensors live until the end of the call; the caching allocator makes their reuse
 // stream-ordered on the GPU.
 struct Allocator {
@@ -81,7 +85,8 @@ void run_forward_train(const KernelTarget& target, const TrainForwardArgs& a) {
                              pc.out(a.running_var, true),
                              a.num_batches_tracked ? a.num_batches_tracked->data_ptr<int64_t>() : nullptr,
                              a.cumulative, a.momentum, a.eps, a.save_mean.data_ptr(),
-                             a.save_invstd.data_ptr()};
+                             a.save_invstd.data_ptr(), residual_ptr(a.fused),
+                             a.fused.activation, a.fused.negative_slope};
   Allocator alloc{target, a.input};
   launch_log.push_back(target.forward_train(args, alloc.handle(), target.current_stream(a.input)));
   pc.write_back();
@@ -92,7 +97,8 @@ void run_forward_eval(const KernelTarget& target, const EvalForwardArgs& a) {
   PerChannel pc(a.input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
   const EvalLaunchArgs args{a.layout, dtype_of(a.input), a.input.data_ptr(), a.output.data_ptr(),
                             pc.in(a.weight), pc.in(a.bias), pc.in(a.running_mean),
-                            pc.in(a.running_var), a.eps};
+                            pc.in(a.running_var), a.eps, residual_ptr(a.fused),
+                            a.fused.activation, a.fused.negative_slope};
   launch_log.push_back(target.forward_eval(args, target.current_stream(a.input)));
 }
 
@@ -107,7 +113,10 @@ void run_backward(const KernelTarget& target, const BackwardArgs& a) {
                                 a.input.data_ptr(),
                                 a.grad_input.defined() ? a.grad_input.data_ptr() : nullptr,
                                 pc.in(a.weight), pc.in(a.mean), pc.in(a.invstd), a.training,
-                                pc.out(a.grad_weight, false), pc.out(a.grad_bias, false)};
+                                pc.out(a.grad_weight, false), pc.out(a.grad_bias, false),
+                                pc.in(a.bias), residual_ptr(a.fused), a.fused.activation,
+                                a.fused.negative_slope,
+                                a.grad_pre.defined() ? a.grad_pre.data_ptr() : nullptr};
   Allocator alloc{target, a.input};
   launch_log.push_back(target.backward(args, alloc.handle(), target.current_stream(a.input)));
   pc.write_back();

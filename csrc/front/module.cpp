@@ -125,6 +125,8 @@ PyMethodDef methods[] = {
      "The forward operators' argument checks (for the fake kernels)."},
     {"_check_backward_args", fastbn::py_check_backward_args, METH_VARARGS,
      "The backward operator's argument checks (for the fake kernel)."},
+    {"_check_fused_args", fastbn::py_check_fused_args, METH_VARARGS,
+     "The checks of the fused residual and activation (for the fake kernels)."},
 #ifdef FASTBN_WITH_SIMT
     {"_simt_set_schedule", simt_set_schedule, METH_VARARGS, "(threads, blocks, seed) orders."},
     {"_simt_set_device", simt_set_device, METH_VARARGS, "(sm_count, blocks_per_sm, smem)."},

@@ -46,6 +46,24 @@ bool float_arg(PyObject* o, double& out) {
   return !(out == -1.0 && PyErr_Occurred());
 }
 
+bool int_arg(PyObject* o, int64_t& out) {
+  if (!PyLong_Check(o)) return false;
+  out = PyLong_AsLongLong(o);
+  return !(out == -1 && PyErr_Occurred());
+}
+
+// The optional trailing (residual, activation, negative_slope) of the forwards.
+struct FusedArgs {
+  OptTensor residual;
+  int64_t activation = 0;
+  double negative_slope = 0.01;
+  bool parse(PyObject* r, PyObject* act, PyObject* slope) {
+    return (r == nullptr || optional_tensor_arg(r, residual)) &&
+           (act == nullptr || int_arg(act, activation)) &&
+           (slope == nullptr || float_arg(slope, negative_slope));
+  }
+};
+
 // Releases the GIL for the operator (as torch.ops does), also when it throws.
 class WithoutGil {
  public:
@@ -63,17 +81,21 @@ class WithoutGil {
 PyObject* py_batch_norm_train(PyObject*, PyObject* args) {
   HANDLE_TH_ERRORS
   PyObject *input, *weight, *bias, *running_mean, *running_var, *counter, *momentum, *eps;
-  if (!PyArg_UnpackTuple(args, "_batch_norm_train", 8, 8, &input, &weight, &bias,
-                         &running_mean, &running_var, &counter, &momentum, &eps))
+  PyObject *residual = nullptr, *activation = nullptr, *slope = nullptr;
+  if (!PyArg_UnpackTuple(args, "_batch_norm_train", 8, 11, &input, &weight, &bias,
+                         &running_mean, &running_var, &counter, &momentum, &eps, &residual,
+                         &activation, &slope))
     return nullptr;
   at::Tensor x;
   OptTensor w, b, rm, rv, n;
   std::optional<double> m;
   double e = 0, mv = 0;
+  FusedArgs f;
   if (!tensor_arg(input, x) || !optional_tensor_arg(weight, w) ||
       !optional_tensor_arg(bias, b) || !optional_tensor_arg(running_mean, rm) ||
       !optional_tensor_arg(running_var, rv) || !optional_tensor_arg(counter, n) ||
-      !float_arg(eps, e) || (momentum != Py_None && !float_arg(momentum, mv))) {
+      !float_arg(eps, e) || (momentum != Py_None && !float_arg(momentum, mv)) ||
+      !f.parse(residual, activation, slope)) {
     if (PyErr_Occurred()) return nullptr;
     Py_RETURN_NOTIMPLEMENTED;
   }
@@ -81,7 +103,7 @@ PyObject* py_batch_norm_train(PyObject*, PyObject* args) {
   std::tuple<at::Tensor, at::Tensor, at::Tensor> out;
   {
     WithoutGil unlocked;
-    out = train_op().call(x, w, b, rm, rv, n, m, e);
+    out = train_op().call(x, w, b, rm, rv, n, m, e, f.residual, f.activation, f.negative_slope);
   }
   return Py_BuildValue("(NNN)", THPVariable_Wrap(std::move(std::get<0>(out))),
                        THPVariable_Wrap(std::move(std::get<1>(out))),
@@ -92,22 +114,25 @@ PyObject* py_batch_norm_train(PyObject*, PyObject* args) {
 PyObject* py_batch_norm_eval(PyObject*, PyObject* args) {
   HANDLE_TH_ERRORS
   PyObject *input, *weight, *bias, *running_mean, *running_var, *eps;
-  if (!PyArg_UnpackTuple(args, "_batch_norm_eval", 6, 6, &input, &weight, &bias, &running_mean,
-                         &running_var, &eps))
+  PyObject *residual = nullptr, *activation = nullptr, *slope = nullptr;
+  if (!PyArg_UnpackTuple(args, "_batch_norm_eval", 6, 9, &input, &weight, &bias, &running_mean,
+                         &running_var, &eps, &residual, &activation, &slope))
     return nullptr;
   at::Tensor x, rm, rv;
   OptTensor w, b;
   double e = 0;
+  FusedArgs f;
   if (!tensor_arg(input, x) || !optional_tensor_arg(weight, w) ||
       !optional_tensor_arg(bias, b) || !tensor_arg(running_mean, rm) ||
-      !tensor_arg(running_var, rv) || !float_arg(eps, e)) {
+      !tensor_arg(running_var, rv) || !float_arg(eps, e) ||
+      !f.parse(residual, activation, slope)) {
     if (PyErr_Occurred()) return nullptr;
     Py_RETURN_NOTIMPLEMENTED;
   }
   at::Tensor out;
   {
     WithoutGil unlocked;
-    out = eval_op().call(x, w, b, rm, rv, e);
+    out = eval_op().call(x, w, b, rm, rv, e, f.residual, f.activation, f.negative_slope);
   }
   return THPVariable_Wrap(std::move(out));
   END_HANDLE_TH_ERRORS
@@ -146,6 +171,26 @@ PyObject* py_check_backward_args(PyObject*, PyObject* args) {
     return nullptr;
   }
   check_backward_args(dy, x, w, m, s);
+  Py_RETURN_NONE;
+  END_HANDLE_TH_ERRORS
+}
+
+PyObject* py_check_fused_args(PyObject*, PyObject* args) {
+  HANDLE_TH_ERRORS
+  PyObject *input, *bias, *residual, *activation, *residual_grad;
+  if (!PyArg_UnpackTuple(args, "_check_fused_args", 5, 5, &input, &bias, &residual, &activation,
+                         &residual_grad))
+    return nullptr;
+  at::Tensor x;
+  OptTensor b, r;
+  int64_t act = 0;
+  if (!tensor_arg(input, x) || !optional_tensor_arg(bias, b) || !optional_tensor_arg(residual, r) ||
+      !int_arg(activation, act)) {
+    PyErr_SetString(PyExc_TypeError, "_check_fused_args: expected (tensor, tensor or None, tensor "
+                    "or None, int, bool)");
+    return nullptr;
+  }
+  check_fused_backward_args(x, b, r, act, PyObject_IsTrue(residual_grad));
   Py_RETURN_NONE;
   END_HANDLE_TH_ERRORS
 }

@@ -34,7 +34,8 @@ LaunchInfo forward_train(const TrainLaunchArgs& a, const DeviceAllocator& alloc,
         static_cast<const A*>(a.weight), static_cast<const A*>(a.bias),
         static_cast<A*>(a.running_mean), static_cast<A*>(a.running_var), a.num_batches_tracked,
         a.cumulative, a.momentum, a.eps, static_cast<A*>(a.save_mean),
-        static_cast<A*>(a.save_invstd)};
+        static_cast<A*>(a.save_invstd), static_cast<const T*>(a.residual), a.activation,
+        static_cast<A>(a.negative_slope)};
     return launch_forward_train<T>(p, a.layout, alloc, stream);
   });
 }
@@ -47,7 +48,8 @@ LaunchInfo forward_eval(const EvalLaunchArgs& a, void* stream) {
         static_cast<const A*>(a.weight), static_cast<const A*>(a.bias),
         const_cast<A*>(static_cast<const A*>(a.running_mean)),
         const_cast<A*>(static_cast<const A*>(a.running_var)), nullptr, false, 0.0, a.eps,
-        nullptr, nullptr};
+        nullptr, nullptr, static_cast<const T*>(a.residual), a.activation,
+        static_cast<A>(a.negative_slope)};
     return launch_forward_eval<T>(p, a.layout, stream);
   });
 }
@@ -59,7 +61,9 @@ LaunchInfo backward(const BackwardLaunchArgs& a, const DeviceAllocator& alloc, v
         {static_cast<const T*>(a.input), static_cast<const T*>(a.grad_output)},
         static_cast<T*>(a.grad_input), static_cast<const A*>(a.weight),
         static_cast<const A*>(a.mean), static_cast<const A*>(a.invstd), a.training,
-        static_cast<A*>(a.grad_weight), static_cast<A*>(a.grad_bias)};
+        static_cast<A*>(a.grad_weight), static_cast<A*>(a.grad_bias),
+        static_cast<const A*>(a.bias), static_cast<const T*>(a.residual), a.activation,
+        static_cast<A>(a.negative_slope), static_cast<T*>(a.grad_pre)};
     return launch_backward<T>(p, a.layout, alloc, stream);
   });
 }

@@ -26,6 +26,11 @@ struct TrainLaunchArgs {
   bool cumulative;
   double momentum, eps;
   void *save_mean, *save_invstd;
+  // Fused after the normalization: y = act(bn(x) + residual) (residual: input's layout, or null;
+  // activation: bn_math.h's Act).
+  const void* residual;
+  int activation;
+  double negative_slope;
 };
 
 struct EvalLaunchArgs {
@@ -35,6 +40,9 @@ struct EvalLaunchArgs {
   void* output;
   const void *weight, *bias, *running_mean, *running_var;
   double eps;
+  const void* residual;
+  int activation;
+  double negative_slope;
 };
 
 struct BackwardLaunchArgs {
@@ -45,6 +53,12 @@ struct BackwardLaunchArgs {
   const void *weight, *mean, *invstd;
   bool training;
   void *grad_weight, *grad_bias;
+  // With an activation: the forward's bias and residual (to recompute the activation's input)
+  // and where g = dy·act'(z) goes (input's layout); the dx pass then reads g.
+  const void *bias, *residual;
+  int activation;
+  double negative_slope;
+  void* grad_pre;
 };
 
 // Device memory from the caller (ATen's caching allocator on the GPU).

@@ -162,12 +162,30 @@ template <typename T_> struct ForwardOp {
     double eps;
     A* save_mean;
     A* save_invstd;
+    const T* residual;  // fused: y = act(bn(x) + residual); null: none
+    int act;            // Act
+    A slope;
   };
   struct Acc {
     A count, mean, m2;
   };
   struct Lane {};  // nothing per channel is needed while accumulating
   __device__ static Lane lane(const Params&, int64_t) { return {}; }
+  template <int V>
+  __device__ static void prepare(const Params&, int64_t, const Lane (&)[V], Vec<T, V> (&)[kInputs]) {}
+  // The fused residual and activation, applied to the normalized values of the item at off.
+  template <int V>
+  __device__ static void epilogue(const Params& p, int64_t off, A (&o)[V]) {
+    if (p.residual) {
+      const Vec<T, V> r = fastbn::gload(reinterpret_cast<const Vec<T, V>*>(p.residual + off));
+      for (int l = 0; l < V; ++l) o[l] += to_acc(r.v[l]);
+    }
+    if (p.act != int(Act::None))
+      for (int l = 0; l < V; ++l) o[l] = act_value(Act(p.act), o[l], p.slope);
+  }
+  static Params apply_params(const Params& p) { return p; }
+  static const void* extra_input(const Params& p) { return p.residual; }
+  static const void* extra_output(const Params&) { return nullptr; }
   __device__ static Acc zero() { return {A(0), A(0), A(0)}; }
   __device__ static void add(Acc& a, const Lane&, const A (&in)[kInputs]) {
     // Welford: stable for data far from zero, unlike E[x²] − E[x]².
@@ -219,14 +237,59 @@ template <typename T_> struct BackwardOp {
     bool training;
     A* grad_weight;  // null when not requested
     A* grad_bias;
+    // A fused activation (act ≠ None): the forward's bias and residual, and where
+    // g = dy·act'(z) goes. The reduction replaces dy by g (prepare) and stores it; the dx pass
+    // reads g (apply_params).
+    const A* bias;
+    const T* residual;
+    int act;
+    A slope;
+    T* grad_pre;
   };
   struct Acc {
     A sum_dy, sum_dy_xmu;
   };
   struct Lane {
     A mean;
+    A scale, shift;  // the forward's transform, with an activation
   };
-  __device__ static Lane lane(const Params& p, int64_t c) { return {fastbn::gload(p.mean + c)}; }
+  __device__ static Lane lane(const Params& p, int64_t c) {
+    Lane l{fastbn::gload(p.mean + c), A(0), A(0)};
+    if (p.act != int(Act::None)) {
+      const A w = p.weight ? fastbn::gload(p.weight + c) : A(1);
+      l.scale = w * fastbn::gload(p.invstd + c);
+      l.shift = p.bias ? fastbn::gload(p.bias + c) : A(0);
+    }
+    return l;
+  }
+  // dy → g = dy·act'(z), z = (x − mean)·scale + shift [+ residual] as the forward computed it;
+  // g is stored for the dx pass (and is the residual's gradient).
+  template <int V>
+  __device__ static void prepare(const Params& p, int64_t off, const Lane (&lanes)[V],
+                                 Vec<T, V> (&in)[kInputs]) {
+    if (p.act == int(Act::None)) return;
+    A r[V];
+    for (int l = 0; l < V; ++l) r[l] = A(0);
+    if (p.residual) {
+      const Vec<T, V> rv = fastbn::gload(reinterpret_cast<const Vec<T, V>*>(p.residual + off));
+      for (int l = 0; l < V; ++l) r[l] = to_acc(rv.v[l]);
+    }
+    for (int l = 0; l < V; ++l) {
+      const A z = (to_acc(in[0].v[l]) - lanes[l].mean) * lanes[l].scale + lanes[l].shift + r[l];
+      in[1].v[l] = from_acc<T>(act_grad(Act(p.act), to_acc(in[1].v[l]), z, p.slope));
+    }
+    fastbn::gstore(reinterpret_cast<Vec<T, V>*>(p.grad_pre + off), in[1]);
+  }
+  template <int V>
+  __device__ static void epilogue(const Params&, int64_t, A (&)[V]) {}
+  // The dx pass of a fused activation reads g, already stored by the reduction.
+  static Params apply_params(const Params& p) {
+    Params q = p;
+    if (p.act != int(Act::None)) q.in[1] = p.grad_pre;
+    return q;
+  }
+  static const void* extra_input(const Params& p) { return p.residual; }
+  static const void* extra_output(const Params& p) { return p.grad_pre; }
   __device__ static Acc zero() { return {A(0), A(0)}; }
   __device__ static void add(Acc& a, const Lane& l, const A (&in)[kInputs]) {
     a.sum_dy += in[1];
@@ -272,12 +335,14 @@ __device__ __forceinline__ void apply_item(const typename Op::Params& p, int64_t
                                            const Item<Op, V>& item,
                                            const Coefs<typename Op::A> (&k)[V]) {
   using A = typename Op::A;
-  Vec<typename Op::T, V> out;
+  A o[V];
   for (int l = 0; l < V; ++l) {
-    A o = (to_acc(item.in[0].v[l]) - k[l].center) * k[l].x_scale + k[l].shift;
-    if constexpr (Op::kInputs > 1) o += to_acc(item.in[1].v[l]) * k[l].dy_scale;
-    out.v[l] = from_acc<typename Op::T>(o);
+    o[l] = (to_acc(item.in[0].v[l]) - k[l].center) * k[l].x_scale + k[l].shift;
+    if constexpr (Op::kInputs > 1) o[l] += to_acc(item.in[1].v[l]) * k[l].dy_scale;
   }
+  Op::template epilogue<V>(p, off, o);
+  Vec<typename Op::T, V> out;
+  for (int l = 0; l < V; ++l) out.v[l] = from_acc<typename Op::T>(o[l]);
   fastbn::gstore(reinterpret_cast<Vec<typename Op::T, V>*>(p.out + off), out);
 }
 
@@ -293,7 +358,8 @@ __device__ void accumulate(const typename Op::Params& p, const Tile<kChannelsLas
   broadcast_per_channel(tile, reinterpret_cast<typename Op::Lane*>(shared), [&](int64_t c) { return Op::lane(p, c); }, lanes);
   const int tid = threadIdx.y * blockDim.x + threadIdx.x, threads = blockDim.x * blockDim.y;
   tile.for_each([&](int64_t off, int slot) {
-    const Item<Op, V> item = load_item<Op, V>(p, off);
+    Item<Op, V> item = load_item<Op, V>(p, off);
+    Op::template prepare<V>(p, off, lanes, item.in);
     if (keep) keep[slot * threads + tid] = item;
     for (int l = 0; l < V; ++l) {
       A one[Op::kInputs];

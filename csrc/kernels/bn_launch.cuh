@@ -114,7 +114,7 @@ LaunchInfo run_reduction(const typename Op::Params& p, const Layout& L, bool wan
   unsigned* counters = tile_counters(alloc, s.channel_tiles);
   FASTBN_LAUNCH(grid, s.block, 0, stream, reduce_kernel<Op, kChannelsLast, V>)(p, g, partials, coefs, counters);
   if (want_output)
-    FASTBN_LAUNCH(grid, s.block, 0, stream, apply_kernel<Op, kChannelsLast, V, false>)(p, g, coefs);
+    FASTBN_LAUNCH(grid, s.block, 0, stream, apply_kernel<Op, kChannelsLast, V, false>)(Op::apply_params(p), g, coefs);
   return {Path::TwoKernels, V, g.splits};
 }
 
@@ -136,6 +136,8 @@ bool vectorizable(const typename Op::Params& p, const Layout& L) {
   auto aligned = [](const void* q) { return reinterpret_cast<uintptr_t>(q) % 16 == 0; };
   for (int i = 0; i < Op::kInputs; ++i)
     if (!aligned(p.in[i])) return false;
+  for (const void* q : {Op::extra_input(p), Op::extra_output(p)})
+    if (q != nullptr && !aligned(q)) return false;
   return p.out == nullptr || aligned(p.out);
 }
 
@@ -168,12 +170,13 @@ LaunchInfo launch_forward_eval(const typename ForwardOp<T>::Params& p, const Lay
   });
 }
 
-// Reductions run when training with dx wanted, or when dweight/dbias are wanted.
+// Reductions run when training with dx wanted, when dweight/dbias are wanted, and with a fused
+// activation (whose g the reduction pass computes).
 template <typename T>
 LaunchInfo launch_backward(const typename BackwardOp<T>::Params& p, const Layout& L,
                            const DeviceAllocator& alloc, void* stream) {
   using namespace launch_detail;
-  const bool reduce = (p.training && p.out) || p.grad_weight || p.grad_bias;
+  const bool reduce = (p.training && p.out) || p.grad_weight || p.grad_bias || p.act != int(Act::None);
   return dispatch<BackwardOp<T>>(p, L, [&]<bool CL, int V>() {
     if (!reduce) return run_apply<BackwardOp<T>, CL, V>(p, L, static_cast<Stream>(stream));
     return run_reduction<BackwardOp<T>, CL, V>(p, L, p.out != nullptr, alloc, static_cast<Stream>(stream));

@@ -42,6 +42,12 @@ FASTBN_HD double fast_rsqrt(double v) { return rsqrt(v); }
 template <typename T> FASTBN_HD T fast_div(T a, T b) { return a / b; }
 template <typename T> FASTBN_HD T fast_rsqrt(T v) { return T(1) / std::sqrt(v); }
 #endif
+#if defined(__CUDA_ARCH__)
+FASTBN_HD float fast_exp(float v) { return __expf(v); }
+FASTBN_HD double fast_exp(double v) { return exp(v); }
+#else
+template <typename T> FASTBN_HD T fast_exp(T v) { return std::exp(v); }
+#endif
 
 // Accumulation type: float for float/half/bfloat16, double for double.
 template <typename T> struct AccType { using type = float; };
@@ -127,6 +133,42 @@ FASTBN_HD BackwardCoefs<T> train_backward_coefs(T weight, T invstd, T sum_dy, T 
   const T scale = weight * invstd;
   const T inv_n = fast_div(T(1), count);
   return {scale, -scale * invstd * invstd * sum_dy_xmu * inv_n, -scale * sum_dy * inv_n};
+}
+
+// The activation fused after the normalization (and the residual add):
+//   y = act(z),  z = (x − mean)·scale + shift [+ residual].
+// The backward recomputes z from x, the saved statistics, weight and bias (and the residual)
+// instead of keeping z or y: the same expression as the forward's, so a ReLU's mask is the one
+// the forward applied. The values are the operator schemas' `activation` argument.
+enum class Act : int { None = 0, ReLU = 1, SiLU = 2, LeakyReLU = 3 };
+
+template <typename T>
+FASTBN_HD T sigmoid(T z) {
+  return fast_div(T(1), T(1) + fast_exp(-z));
+}
+
+template <typename T>
+FASTBN_HD T act_value(Act act, T z, T slope) {
+  switch (act) {
+    case Act::ReLU: return z < T(0) ? T(0) : z;  // NaN stays NaN, as torch.relu
+    case Act::SiLU: return z * sigmoid(z);
+    case Act::LeakyReLU: return z < T(0) ? z * slope : z;
+    default: return z;
+  }
+}
+
+// dy·act'(z): the gradient with respect to z (and to the residual).
+template <typename T>
+FASTBN_HD T act_grad(Act act, T dy, T z, T slope) {
+  switch (act) {
+    case Act::ReLU: return z > T(0) ? dy : T(0);
+    case Act::SiLU: {
+      const T s = sigmoid(z);
+      return dy * (s * (T(1) + z * (T(1) - s)));
+    }
+    case Act::LeakyReLU: return z > T(0) ? dy : dy * slope;
+    default: return dy;
+  }
 }
 
 }  // namespace FASTBN_TARGET_NS
